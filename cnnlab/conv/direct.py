@@ -1,0 +1,65 @@
+"""Direct convolution: the definition, one kernel tap at a time. The reference for tests.
+
+    y[n, o, i, j] = sum_{c, p, q} x_pad[n, c, i*SH + p*DH, j*SW + q*DW] * w[o, c, p, q]
+
+Each tap (p, q) is one einsum over channels; no workspace beyond the padded input.
+"""
+from __future__ import annotations
+
+from ..backend import get_xp
+from .algorithm import ConvAlgorithm, register
+from .im2col import pad_input, tap_slices
+
+
+def _split(g):
+    return g.groups, g.o // g.groups, g.c // g.groups
+
+
+class Direct(ConvAlgorithm):
+    name = "direct"
+
+    def forward(self, x, w, g):
+        xp = get_xp(x, w)
+        G, og, cg = _split(g)
+        xpad = pad_input(x, g)
+        y = xp.zeros((g.n, G, og, g.ho, g.wo), dtype=x.dtype)
+        for p in range(g.kh):
+            for q in range(g.kw):
+                rs, cs = tap_slices(g, p, q)
+                xs = xpad[:, :, rs, cs].reshape(g.n, G, cg, g.ho, g.wo)
+                y += xp.einsum("ngchw,goc->ngohw", xs, w[:, :, p, q].reshape(G, og, cg))
+        return y.reshape(g.y_shape)
+
+    def backward_data(self, dy, w, g):
+        xp = get_xp(dy, w)
+        G, og, cg = _split(g)
+        ph, pw = g.padding
+        dyg = dy.reshape(g.n, G, og, g.ho, g.wo)
+        dxpad = xp.zeros((g.n, g.c, g.h + 2 * ph, g.w + 2 * pw), dtype=dy.dtype)
+        for p in range(g.kh):
+            for q in range(g.kw):
+                rs, cs = tap_slices(g, p, q)
+                contrib = xp.einsum("ngohw,goc->ngchw", dyg, w[:, :, p, q].reshape(G, og, cg))
+                dxpad[:, :, rs, cs] += contrib.reshape(g.n, g.c, g.ho, g.wo)
+        return dxpad[:, :, ph:ph + g.h, pw:pw + g.w]
+
+    def backward_weight(self, dy, x, g):
+        xp = get_xp(dy, x)
+        G, og, cg = _split(g)
+        xpad = pad_input(x, g)
+        dyg = dy.reshape(g.n, G, og, g.ho, g.wo)
+        dw = xp.empty(g.w_shape, dtype=dy.dtype)
+        for p in range(g.kh):
+            for q in range(g.kw):
+                rs, cs = tap_slices(g, p, q)
+                xs = xpad[:, :, rs, cs].reshape(g.n, G, cg, g.ho, g.wo)
+                dw[:, :, p, q] = xp.einsum("ngohw,ngchw->goc", dyg, xs).reshape(g.o, cg)
+        return dw
+
+    def workspace_bytes(self, g, pass_, itemsize):
+        if not any(g.padding):
+            return 0
+        return g.n * g.c * (g.h + 2 * g.padding[0]) * (g.w + 2 * g.padding[1]) * itemsize
+
+
+register(Direct())
