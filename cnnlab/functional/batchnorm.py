@@ -1,0 +1,83 @@
+"""Batch normalization (Ioffe & Szegedy 2015) for (N, D) and (N, C, H, W) inputs.
+
+Statistics are per feature D / per channel C, over N (and H, W):
+
+    train:  mu, var = mean(x), mean((x - mu)^2)       (biased, used to normalise)
+    eval:   mu, var = running_mean, running_var
+    xhat = (x - mu) / sqrt(var + eps),   out = gamma * xhat + beta
+
+Backward (train), m = number of values per feature:
+    dxhat = dout * gamma
+    dx = (m * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)) / (m * sqrt(var + eps))
+    dgamma = sum(dout * xhat),  dbeta = sum(dout)
+In eval mode the statistics are constants: dx = dout * gamma / sqrt(var + eps).
+
+The running statistics follow PyTorch: running = (1 - momentum) * running + momentum * batch,
+with the unbiased batch variance; :func:`batchnorm_running_update` computes them (pure).
+"""
+from __future__ import annotations
+
+from ..backend import get_xp
+from ..errors import ShapeError
+
+
+def _axes(x, gamma):
+    if x.ndim == 2:
+        axes, shape = (0,), (1, -1)
+    elif x.ndim == 4:
+        axes, shape = (0, 2, 3), (1, -1, 1, 1)
+    else:
+        raise ShapeError(f"batch norm expects (N, D) or (N, C, H, W), got {tuple(x.shape)}")
+    if x.shape[1] != gamma.shape[0]:
+        raise ShapeError(f"batch norm over {gamma.shape[0]} features got input {tuple(x.shape)}")
+    return axes, shape
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, eps=1e-5):
+    """Return (out, cache). In training, cache carries the batch mean/var for the running update."""
+    xp = get_xp(x)
+    axes, shape = _axes(x, gamma)
+    if training:
+        m = x.size // x.shape[1]
+        if m < 2:
+            raise ShapeError(f"batch norm in training mode needs more than 1 value per channel, "
+                             f"got input {tuple(x.shape)}; use a larger batch or model.eval()")
+        mu = x.mean(axis=axes)
+        xc = x - mu.reshape(shape)
+        var = (xc * xc).mean(axis=axes)
+    else:
+        mu, var = running_mean, running_var
+        xc = x - mu.reshape(shape)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    xhat = xc * inv_std.reshape(shape)
+    out = xhat * gamma.reshape(shape) + beta.reshape(shape)
+    return out, (xhat, gamma, inv_std, axes, shape, training, mu, var)
+
+
+def batchnorm_backward(dout, cache, need_dx=True, need_dw=True):
+    """Return (dx, dgamma, dbeta)."""
+    xhat, gamma, inv_std, axes, shape, training, _, _ = cache
+    dgamma = (dout * xhat).sum(axis=axes) if need_dw else None
+    dbeta = dout.sum(axis=axes) if need_dw else None
+    dx = None
+    if need_dx:
+        dxhat = dout * gamma.reshape(shape)
+        if training:
+            m = dout.size // dout.shape[1]
+            s1 = dxhat.sum(axis=axes).reshape(shape)
+            s2 = (dxhat * xhat).sum(axis=axes).reshape(shape)
+            dx = (dxhat - s1 / m - xhat * (s2 / m)) * inv_std.reshape(shape)
+        else:
+            dx = dxhat * inv_std.reshape(shape)
+    return dx, dgamma, dbeta
+
+
+def batchnorm_running_update(running_mean, running_var, cache, momentum=0.1):
+    """New (running_mean, running_var) after a training-mode forward with this cache."""
+    xhat, _, _, _, _, training, mu, var = cache
+    if not training:
+        return running_mean, running_var
+    m = xhat.size // xhat.shape[1]
+    unbiased = var * (m / (m - 1))
+    return ((1 - momentum) * running_mean + momentum * mu,
+            (1 - momentum) * running_var + momentum * unbiased)

@@ -1,0 +1,51 @@
+"""Inverted dropout and DropConnect (Wan et al., ICML 2013). Randomness comes from ``rng``.
+
+dropout (train): out = x * m / (1 - p),  m ~ Bernoulli(1 - p) per element; (eval): out = x.
+    dx = dout * m / (1 - p)
+
+DropConnect on a linear layer (train): out = x @ (w * M / (1 - p)).T + b, one mask M over the
+weights per mini-batch (the paper draws one per example; one per batch keeps it a single GEMM).
+Evaluation uses the expected weights w (the inverted scaling makes E[w * M / (1-p)] = w).
+    dx = dout @ w_m,  dw = (dout.T @ x) * M / (1 - p),  db = sum_n dout,  with w_m = w * M / (1-p)
+"""
+from __future__ import annotations
+
+from ..errors import CnnlabError
+from .linear import linear_backward, linear_forward
+
+
+def _check_p(p):
+    if not 0 <= p < 1:
+        raise CnnlabError(f"drop probability must be in [0, 1), got {p}")
+
+
+def dropout_forward(x, p, rng, training=True):
+    """x: any shape -> same shape. ``rng``: a numpy.random.Generator (ignored in eval)."""
+    _check_p(p)
+    if not training or p == 0:
+        return x, None
+    keep = (rng.random(x.shape) >= p).astype(x.dtype) / x.dtype.type(1 - p)
+    return x * keep, keep
+
+
+def dropout_backward(dout, cache):
+    return dout if cache is None else dout * cache
+
+
+def dropconnect_forward(x, w, b, p, rng, training=True):
+    """x (N, D), w (K, D), b (K,) or None -> out (N, K)."""
+    _check_p(p)
+    if not training or p == 0:
+        out, lin_cache = linear_forward(x, w, b)
+        return out, (lin_cache, None)
+    keep = (rng.random(w.shape) >= p).astype(w.dtype) / w.dtype.type(1 - p)
+    out, lin_cache = linear_forward(x, w * keep, b)
+    return out, (lin_cache, keep)
+
+
+def dropconnect_backward(dout, cache, need_dx=True, need_dw=True):
+    """Return (dx, dw, db)."""
+    lin_cache, keep = cache
+    dx, dw_masked, db = linear_backward(dout, lin_cache, need_dx, need_dw)
+    dw = dw_masked if (keep is None or dw_masked is None) else dw_masked * keep
+    return dx, dw, db

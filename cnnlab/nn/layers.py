@@ -1,0 +1,169 @@
+"""Parameterised layers: Conv2d, Linear, DropConnectLinear, BatchNorm1d/2d.
+
+Shapes (NCHW, weights as in PyTorch):
+    Conv2d      x (N, C, H, W) -> (N, O, HO, WO); weight (O, C/groups, KH, KW), bias (O,)
+    Linear      x (N, D) -> (N, K);               weight (K, D), bias (K,)
+    BatchNorm1d x (N, D);  BatchNorm2d x (N, C, H, W); weight=gamma, bias=beta, running stats
+Weights start He-normal (for ReLU networks), biases at zero; pass ``rng`` for reproducibility.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from ..conv.geometry import pair
+from ..errors import ShapeError
+from .init import default_rng, he_normal
+from .module import Module
+from .parameter import Parameter
+
+
+class Conv2d(Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, algo="auto", rng=None, dtype=np.float32):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ShapeError(f"groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        kh, kw = pair(kernel_size, "kernel_size")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = (kh, kw), pair(stride, "stride")
+        self.padding, self.dilation = pair(padding, "padding"), pair(dilation, "dilation")
+        self.groups, self.algo = groups, algo
+        fan_in = in_channels // groups * kh * kw
+        rng = default_rng(rng)
+        self.weight = Parameter(he_normal((out_channels, in_channels // groups, kh, kw), fan_in, rng, dtype))
+        if bias:
+            self.bias = Parameter(np.zeros(out_channels, dtype=dtype))
+        else:
+            self.bias = None
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ShapeError(f"Conv2d expects input with {self.in_channels} channels (N, "
+                             f"{self.in_channels}, H, W), got {tuple(x.shape)}")
+        b = self.bias.data if self.bias is not None else None
+        out, self._cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding,
+                                            self.dilation, self.groups, self.algo)
+        return out
+
+    def backward(self, dout):
+        need_dw = not self.weight.frozen
+        dx, dw, db = F.conv2d_backward(dout, self._cache, self.need_input_grad, need_dw)
+        self._cache = None
+        if need_dw:
+            self.weight.accumulate(dw)
+            if self.bias is not None and not self.bias.frozen:
+                self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self):
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if any(self.padding):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.algo != "auto":
+            s += f", algo={self.algo!r}"
+        return s
+
+
+class Linear(Module):
+    def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        rng = default_rng(rng)
+        self.weight = Parameter(he_normal((out_features, in_features), in_features, rng, dtype))
+        self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
+
+    def _forward(self, x, w):
+        b = self.bias.data if self.bias is not None else None
+        return F.linear_forward(x, w, b)
+
+    def forward(self, x):
+        out, self._cache = self._forward(x, self.weight.data)
+        return out
+
+    def _grads(self, dout):
+        return F.linear_backward(dout, self._cache, self.need_input_grad, not self.weight.frozen)
+
+    def backward(self, dout):
+        dx, dw, db = self._grads(dout)
+        self._cache = None
+        if dw is not None:
+            self.weight.accumulate(dw)
+            if self.bias is not None and not self.bias.frozen:
+                self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}" + (
+            ", bias=False" if self.bias is None else "")
+
+
+class DropConnectLinear(Linear):
+    """Linear layer whose weights are dropped with probability ``p`` in training (Wan et al. 2013)."""
+
+    def __init__(self, in_features, out_features, p=0.5, bias=True, rng=None, dtype=np.float32):
+        super().__init__(in_features, out_features, bias, rng, dtype)
+        self.p = p
+        self.rng = rng if rng is not None else np.random.default_rng()
+
+    def forward(self, x):
+        b = self.bias.data if self.bias is not None else None
+        out, self._cache = F.dropconnect_forward(x, self.weight.data, b, self.p, self.rng, self.training)
+        return out
+
+    def _grads(self, dout):
+        return F.dropconnect_backward(dout, self._cache, self.need_input_grad, not self.weight.frozen)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", p={self.p}"
+
+
+class _BatchNorm(Module):
+    ndim = None
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = Parameter(np.ones(num_features, dtype=dtype))
+        self.bias = Parameter(np.zeros(num_features, dtype=dtype))
+        self.register_buffer("running_mean", np.zeros(num_features, dtype=dtype))
+        self.register_buffer("running_var", np.ones(num_features, dtype=dtype))
+
+    def forward(self, x):
+        if x.ndim != self.ndim:
+            raise ShapeError(f"{type(self).__name__} expects a {self.ndim}-d input, got {tuple(x.shape)}")
+        out, cache = F.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean,
+                                         self.running_var, self.training, self.eps)
+        if self.training:
+            rm, rv = F.batchnorm_running_update(self.running_mean, self.running_var, cache, self.momentum)
+            self.register_buffer("running_mean", rm.astype(self.running_mean.dtype))
+            self.register_buffer("running_var", rv.astype(self.running_var.dtype))
+        self._cache = cache
+        return out
+
+    def backward(self, dout):
+        need_dw = not self.weight.frozen
+        dx, dg, db = F.batchnorm_backward(dout, self._cache, self.need_input_grad, need_dw)
+        self._cache = None
+        if need_dw:
+            self.weight.accumulate(dg)
+            self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    ndim = 2
+
+
+class BatchNorm2d(_BatchNorm):
+    ndim = 4
