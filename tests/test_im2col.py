@@ -34,6 +34,6 @@ def test_col2im_is_the_adjoint_of_im2col(g, seed):
 def test_im2col_layout():
     g = ConvGeometry.of((1, 1, 3, 3), (1, 1, 2, 2))
     x = np.arange(9.0).reshape(1, 1, 3, 3)
-    cols = im2col(x, g)[0, 0]
+    cols = im2col(x, g)[0]
     # rows are kernel taps (0,0), (0,1), (1,0), (1,1); columns are the 2x2 output positions
     assert cols.tolist() == [[0, 1, 3, 4], [1, 2, 4, 5], [3, 4, 6, 7], [4, 5, 7, 8]]

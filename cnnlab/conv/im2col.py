@@ -1,12 +1,13 @@
 """im2col / col2im, written once, for every stride, padding, dilation and group count.
 
-im2col turns the receptive field of every output position into a column:
+im2col turns the receptive field of every output position of every image into a column:
 
-    cols[n, g, (c, p, q), (i, j)] = x_pad[n, g*Cg + c, i*SH + p*DH, j*SW + q*DW]
+    cols[g, (c, p, q), (n, i, j)] = x_pad[n, g*Cg + c, i*SH + p*DH, j*SW + q*DW]
 
-with shape (N, G, Cg*KH*KW, HO*WO), so that a convolution is a batched GEMM
-``w.reshape(G, Og, Cg*KH*KW) @ cols``. col2im is its adjoint: it scatter-adds
-columns back to the (N, C, H, W) positions they were read from (overlapping
+with shape (G, Cg*KH*KW, N*HO*WO): the batch is folded into the columns, so a convolution
+is one large GEMM per group, ``w.reshape(G, Og, Cg*KH*KW) @ cols`` -> (G, Og, N*HO*WO),
+which keeps both cores' BLAS threads busy even for small images. col2im is its adjoint: it
+scatter-adds columns back to the (N, C, H, W) positions they were read from (overlapping
 windows add up), which is exactly the data gradient of im2col.
 """
 from __future__ import annotations
@@ -33,27 +34,26 @@ def pad_input(x, g):
 
 
 def im2col(x, g):
-    """x (N, C, H, W) -> cols (N, G, Cg*KH*KW, HO*WO), C-contiguous."""
+    """x (N, C, H, W) -> cols (G, Cg*KH*KW, N*HO*WO), C-contiguous."""
     xp = get_xp(x)
     xpad = pad_input(x, g)
-    cols = xp.empty((g.n, g.c, g.kh, g.kw, g.ho, g.wo), dtype=x.dtype)
+    cols = xp.empty((g.c, g.kh, g.kw, g.n, g.ho, g.wo), dtype=x.dtype)
+    xt = xpad.transpose(1, 0, 2, 3)  # (C, N, H, W) view: each tap copy writes contiguous rows
     for p in range(g.kh):
         for q in range(g.kw):
             rs, cs = tap_slices(g, p, q)
-            cols[:, :, p, q] = xpad[:, :, rs, cs]
-    return cols.reshape(g.n, g.groups, (g.c // g.groups) * g.kh * g.kw, g.ho * g.wo)
+            cols[:, p, q] = xt[:, :, rs, cs]
+    return cols.reshape(g.groups, (g.c // g.groups) * g.kh * g.kw, g.n * g.ho * g.wo)
 
 
 def col2im(cols, g):
-    """cols (N, G, Cg*KH*KW, HO*WO) -> x (N, C, H, W), summing overlapping contributions."""
+    """cols (G, Cg*KH*KW, N*HO*WO) -> x (N, C, H, W), summing overlapping contributions."""
     xp = get_xp(cols)
     ph, pw = g.padding
-    cols = cols.reshape(g.n, g.c, g.kh, g.kw, g.ho, g.wo)
-    dxpad = xp.zeros((g.n, g.c, g.h + 2 * ph, g.w + 2 * pw), dtype=cols.dtype)
+    cols = cols.reshape(g.c, g.kh, g.kw, g.n, g.ho, g.wo)
+    dxpad = xp.zeros((g.c, g.n, g.h + 2 * ph, g.w + 2 * pw), dtype=cols.dtype)
     for p in range(g.kh):
         for q in range(g.kw):
             rs, cs = tap_slices(g, p, q)
-            dxpad[:, :, rs, cs] += cols[:, :, p, q]
-    if ph == 0 and pw == 0:
-        return dxpad
-    return dxpad[:, :, ph:ph + g.h, pw:pw + g.w]
+            dxpad[:, :, rs, cs] += cols[:, p, q]
+    return dxpad[:, :, ph:ph + g.h, pw:pw + g.w].transpose(1, 0, 2, 3)
