@@ -22,6 +22,9 @@ from cnnlab.data.sources import (
     register_source,
 )
 
+# Formats that register themselves with the registry (names, path handlers, download sources).
+from cnnlab.data import cifar, imagefolder, packed  # noqa: E402,F401  (registration)
+
 __all__ = [
     "ArrayDataset", "stratified_split",
     "read_idx", "write_idx", "find_idx_split",

@@ -52,6 +52,10 @@ def register(subparsers) -> None:
                            "of IDX files or a Kaggle digit-recognizer CSV")
     info.set_defaults(func=info_command)
 
+    from cnnlab.data.pack_commands import register_data_subcommands
+
+    register_data_subcommands(sub)
+
 
 def fetch_command(args: argparse.Namespace) -> int:
     """Download data set ``args.name`` into ``args.dir`` or the cache."""
