@@ -1,15 +1,69 @@
 """Which algorithm runs a given convolution pass.
 
-``select(g, pass_, algo, dtype)`` returns the algorithm object. ``algo`` is a
-registered name (forced: an error if it cannot handle ``g``) or "auto".
-For now "auto" means im2col; the measuring chooser replaces this.
+``select(g, pass_, algo, dtype)`` returns the algorithm object. In order:
+
+1. ``algo`` names a registered algorithm: forced for this layer (an
+   ``UnsupportedConfigError`` naming the algorithms that can, if it cannot
+   handle ``g``);
+2. otherwise the chooser's default, set globally and explicitly with
+   ``set_default_algo("fft")`` or ``with default_algo("fft"): ...`` (initially
+   "auto", or the value of the opt-in environment variable CNNLAB_CONV_ALGO);
+3. "auto": the first call for a (geometry, dtype, pass) key times the
+   eligible algorithms on synthetic data of that shape (one warm-up run each,
+   dropping any 3x slower than the best warm-up, then ``repeats`` interleaved
+   rounds over the rest, keeping each one's fastest run) and keeps the winner
+   in memory. Geometries under TINY_MACS multiply-adds, or with
+   measuring switched off, use a heuristic instead. Not candidates: algorithms
+   whose ``workspace_bytes`` exceed the workspace limit, ``direct`` (the
+   reference), and ``fft`` where its flop count exceeds 0.4x the direct
+   convolution's (small kernels, small batches; ``fft_worth_trying``).
+
+Choices can also be kept on disk (``enable_disk_cache()``): a JSON file at
+``$CNNLAB_CACHE/conv_algos.json`` (default ``~/.cache/cnnlab/``), written
+atomically, whose entries are filed under a fingerprint of the machine, the
+library versions, the BLAS and the thread count, so a cache copied from
+another machine is ignored rather than trusted.
+
+All of this state lives in one explicit object, ``CHOOSER`` (a :class:`Chooser`);
+the module functions are shortcuts to it.
 """
 from __future__ import annotations
 
-from ..errors import UnsupportedConfigError
-from .algorithm import ALGORITHMS
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
-DEFAULT_ALGO = "im2col"
+import numpy as np
+
+from ..errors import UnsupportedConfigError
+from .algorithm import ALGORITHMS, PASSES
+from .threads import get_num_threads
+
+ENV_ALGO = "CNNLAB_CONV_ALGO"
+ENV_CACHE = "CNNLAB_CACHE"
+TINY_MACS = 1_000_000
+DEFAULT_WORKSPACE_LIMIT = 1 << 30
+NOT_AUTO = ("direct",)          # correct but never fast: the reference
+CACHE_FORMAT = "cnnlab-conv-algos-1"
+
+
+@dataclass
+class Choice:
+    """What auto picked for one key, and how: 'measured', 'heuristic', 'only' or 'disk'."""
+
+    algo: str
+    how: str
+    times_ms: dict = field(default_factory=dict)
+
+    def to_json(self):
+        return {"algo": self.algo, "how": self.how, "times_ms": self.times_ms}
 
 
 def eligible(g, pass_: str) -> list[str]:
@@ -17,19 +71,341 @@ def eligible(g, pass_: str) -> list[str]:
     return [name for name, a in ALGORITHMS.items() if a.supports(g, pass_) is None]
 
 
-def select(g, pass_: str, algo: str = "auto", dtype=None):  # noqa: ARG001 - dtype used by the tuner
-    """Return the algorithm that will run ``pass_`` of the convolution ``g``."""
-    if algo == "auto":
-        algo = DEFAULT_ALGO
+def _check_pass(pass_):
+    if pass_ not in PASSES:
+        raise ValueError(f"unknown convolution pass {pass_!r}; use one of {PASSES}")
+
+
+def _forced(g, pass_, algo, origin=""):
     if algo not in ALGORITHMS:
         raise UnsupportedConfigError(
-            f"unknown convolution algorithm {algo!r}; choose one of {sorted(ALGORITHMS)} or 'auto'"
+            f"unknown convolution algorithm {algo!r}{origin}; "
+            f"choose one of {sorted(ALGORITHMS)} or 'auto'"
         )
     a = ALGORITHMS[algo]
     reason = a.supports(g, pass_)
     if reason is not None:
         raise UnsupportedConfigError(
-            f"conv algorithm {algo!r} cannot run {pass_} for {g.describe()} ({reason}); "
+            f"conv algorithm {algo!r}{origin} cannot run {pass_} for {g.describe()} ({reason}); "
             f"algorithms that can: {', '.join(eligible(g, pass_))}"
         )
     return a
+
+
+def cache_key(g, pass_: str, dtype, workspace_limit) -> str:
+    """The string a choice is filed under (memory and disk)."""
+    return (f"{pass_}|{np.dtype(dtype).name}|n{g.n} c{g.c} h{g.h} w{g.w} o{g.o} "
+            f"k{g.kh}x{g.kw} s{g.stride[0]}x{g.stride[1]} p{g.padding[0]}x{g.padding[1]} "
+            f"d{g.dilation[0]}x{g.dilation[1]} g{g.groups}|ws{workspace_limit}")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_description() -> str:
+    """The BLAS numpy uses, as threadpoolctl sees it (or numpy's build info without it)."""
+    try:
+        from threadpoolctl import threadpool_info
+        libs = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture', '')} "
+                f"{i.get('num_threads')} threads".replace("  ", " ")
+                for i in threadpool_info() if i.get("user_api") == "blas"]
+        if libs:
+            return "; ".join(sorted(set(libs)))
+    except Exception:
+        pass
+    try:
+        blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version')}"
+    except Exception:
+        return "unknown BLAS"
+
+
+def machine_fingerprint() -> tuple[str, str]:
+    """(short hash, description) of what timings depend on: CPU, versions, BLAS, threads."""
+    import scipy
+
+    from .. import __version__
+    desc = (f"{_cpu_model()} | {platform.machine()} | {os.cpu_count()} cpus | "
+            f"conv threads {get_num_threads()} | numpy {np.__version__} | "
+            f"scipy {scipy.__version__} | cnnlab {__version__} | {blas_description()} | "
+            f"algos {','.join(sorted(ALGORITHMS))}")
+    return hashlib.sha256(desc.encode()).hexdigest()[:16], desc
+
+
+def default_cache_path() -> Path:
+    """$CNNLAB_CACHE/conv_algos.json, or ~/.cache/cnnlab/conv_algos.json."""
+    root = os.environ.get(ENV_CACHE)
+    base = Path(root) if root else Path.home() / ".cache" / "cnnlab"
+    return base / "conv_algos.json"
+
+
+def _synthetic_inputs(g, pass_, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(g.x_shape, dtype=np.float32).astype(dtype, copy=False)
+    w = rng.standard_normal(g.w_shape, dtype=np.float32).astype(dtype, copy=False)
+    dy = rng.standard_normal(g.y_shape, dtype=np.float32).astype(dtype, copy=False)
+    return {"forward": (x, w), "backward_data": (dy, w), "backward_weight": (dy, x)}[pass_]
+
+
+FFT_COST_RATIO = 0.4
+
+
+def fft_worth_trying(g) -> bool:
+    """Whether measuring FFT is worth its time: its own flop count (~5 S log2 S per image and
+    kernel plane of S pixels, N*C + N*O + O*C/G planes, plus 8 flops per spectral product)
+    must be under FFT_COST_RATIO of the direct convolution's. Measured on this machine, FFT
+    beat im2col at ratios up to ~0.3 (5x5 and 7x7 kernels, batches of 16-64) and lost from
+    ~0.5 on. At batch 1 the O*C kernel planes dominate (every 3x3 kernel is padded to the
+    image size), so no VGG layer at batch 1 or in 32x32 CIFAR batches qualifies."""
+    from .fft import fft_shape
+    sh, sw = fft_shape(g)
+    nf = sh * (sw // 2 + 1)
+    cg = g.c // g.groups
+    planes = g.n * g.c + g.n * g.o + g.o * cg
+    cost = 5 * planes * 2 * nf * math.log2(max(2, sh * sw)) + 8 * g.n * g.o * cg * nf
+    return cost < FFT_COST_RATIO * g.flops
+
+
+def heuristic(g, pass_: str, candidates: list[str]) -> str:
+    """The unmeasured guess: Winograd F(4x4) for 3x3 layers with enough channels and pixels,
+    FFT for big kernels on big images, im2col otherwise."""
+    pixels = g.ho * g.wo
+    cg, og = g.c // g.groups, g.o // g.groups
+    if g.macs >= TINY_MACS:
+        if "winograd4" in candidates and min(cg, og) >= 16 and pixels >= 64:
+            return "winograd4"
+        if "fft" in candidates and g.kh * g.kw >= 49 and pixels >= 256:
+            return "fft"
+    for name in ("im2col", "winograd4", "winograd2", "fft"):
+        if name in candidates:
+            return name
+    return candidates[0]
+
+
+class Chooser:
+    """The auto-tuner's configuration and memory. ``CHOOSER`` is the one the library uses."""
+
+    def __init__(self, default_algo: str = "auto",
+                 workspace_limit: int | None = DEFAULT_WORKSPACE_LIMIT,
+                 measure: bool = True, repeats: int = 2):
+        self.default_algo = default_algo
+        self.workspace_limit = workspace_limit
+        self.measure = measure
+        self.repeats = repeats
+        self.cache_file: Path | None = None   # disk cache off until enable_disk_cache()
+        self.choices: dict[str, Choice] = {}
+        self._disk: dict[str, dict] | None = None
+        self._fingerprint: tuple[str, str] | None = None
+
+    # -- selection ---------------------------------------------------------------------
+    def select(self, g, pass_: str, algo: str = "auto", dtype=None):
+        _check_pass(pass_)
+        if algo is None:
+            algo = "auto"
+        if algo != "auto":
+            return _forced(g, pass_, algo)
+        if self.default_algo != "auto":
+            origin = (" (the global default; see cnnlab.conv.set_default_algo"
+                      f" and ${ENV_ALGO})")
+            return _forced(g, pass_, self.default_algo, origin)
+        return ALGORITHMS[self.choose(g, pass_, dtype).algo]
+
+    def candidates(self, g, pass_: str, dtype=None) -> list[str]:
+        """Eligible algorithms auto may pick: not the reference, within the workspace limit."""
+        itemsize = np.dtype(dtype or np.float32).itemsize
+        names = [n for n in eligible(g, pass_)
+                 if n not in NOT_AUTO and (n != "fft" or fft_worth_trying(g))]
+        if self.workspace_limit is not None:
+            fits = [n for n in names
+                    if ALGORITHMS[n].workspace_bytes(g, pass_, itemsize) <= self.workspace_limit]
+            if fits:
+                names = fits
+            else:  # nothing fits: the smallest workspace rather than nothing at all
+                names = [min(names or eligible(g, pass_),
+                             key=lambda n: ALGORITHMS[n].workspace_bytes(g, pass_, itemsize))]
+        return names or eligible(g, pass_)
+
+    def choose(self, g, pass_: str, dtype=None) -> Choice:
+        """Auto's choice for this key: from memory, the disk cache, a measurement or a heuristic."""
+        dtype = np.dtype(dtype or np.float32)
+        key = cache_key(g, pass_, dtype, self.workspace_limit)
+        hit = self.choices.get(key)
+        if hit is not None:
+            return hit
+        names = self.candidates(g, pass_, dtype)
+        disk = self._disk_entries().get(key) if self.cache_file is not None else None
+        if disk is not None and disk.get("algo") in names:
+            choice = Choice(disk["algo"], "disk", dict(disk.get("times_ms", {})))
+        elif len(names) == 1:
+            choice = Choice(names[0], "only")
+        elif not self.measure or g.macs < TINY_MACS:
+            choice = Choice(heuristic(g, pass_, names), "heuristic")
+        else:
+            choice = self._measure(g, pass_, dtype, names)
+        self.choices[key] = choice
+        if choice.how == "measured" and self.cache_file is not None:
+            self._save(key, choice)
+        return choice
+
+    def _measure(self, g, pass_, dtype, names) -> Choice:
+        """Warm each candidate up once (dropping any 3x slower than the best warm-up so far),
+        then time the survivors in interleaved rounds, so a burst of load elsewhere on the
+        machine hits them all alike; the fastest single run wins."""
+        args = _synthetic_inputs(g, pass_, dtype)
+        first = heuristic(g, pass_, names)
+        order = [first] + [n for n in names if n != first]
+        times, alive = {}, []
+        best = float("inf")
+        for name in order:
+            t0 = time.perf_counter()
+            ALGORITHMS[name].run(pass_, *args, g)
+            warm = time.perf_counter() - t0
+            times[name] = warm
+            if warm <= 3 * best:
+                alive.append(name)
+            best = min(best, warm)
+        alive = [n for n in alive if times[n] <= 3 * best]
+        for _ in range(self.repeats):
+            for name in alive:
+                t0 = time.perf_counter()
+                ALGORITHMS[name].run(pass_, *args, g)
+                times[name] = min(times[name], time.perf_counter() - t0)
+        winner = min(alive, key=times.get)
+        return Choice(winner, "measured", {n: round(t * 1e3, 3) for n, t in times.items()})
+
+    # -- disk cache ----------------------------------------------------------------------
+    def fingerprint(self) -> tuple[str, str]:
+        if self._fingerprint is None:
+            self._fingerprint = machine_fingerprint()
+        return self._fingerprint
+
+    def _read_file(self) -> dict:
+        try:
+            data = json.loads(self.cache_file.read_text())
+            if isinstance(data, dict) and data.get("format") == CACHE_FORMAT:
+                return data
+        except (OSError, ValueError):
+            pass
+        return {"format": CACHE_FORMAT, "machines": {}}
+
+    def _disk_entries(self) -> dict:
+        if self._disk is None:
+            data = self._read_file()
+            section = data.get("machines", {}).get(self.fingerprint()[0], {})
+            self._disk = dict(section.get("choices", {}))
+        return self._disk
+
+    def _save(self, key: str, choice: Choice) -> None:
+        """Merge one choice into the file and replace it atomically (never a half-written file)."""
+        fp, desc = self.fingerprint()
+        path = self.cache_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = self._read_file()
+            section = data["machines"].setdefault(fp, {"machine": desc, "choices": {}})
+            section["machine"] = desc
+            section["choices"][key] = choice.to_json()
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(data, f, indent=1, sort_keys=True)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+            self._disk_entries()[key] = choice.to_json()
+        except OSError:
+            pass  # an unwritable cache only costs a re-measurement next time
+
+    def enable_disk_cache(self, path=None) -> Path:
+        self.cache_file = Path(path) if path is not None else default_cache_path()
+        self._disk = None
+        return self.cache_file
+
+    def disable_disk_cache(self) -> None:
+        self.cache_file = None
+        self._disk = None
+
+    def clear(self) -> None:
+        """Forget the in-memory choices (the disk cache file is left alone)."""
+        self.choices.clear()
+        self._disk = None
+
+
+def _initial_default() -> str:
+    value = os.environ.get(ENV_ALGO, "").strip()
+    return value or "auto"
+
+
+CHOOSER = Chooser(default_algo=_initial_default())
+
+
+def select(g, pass_: str, algo: str = "auto", dtype=None):
+    """Return the algorithm that will run ``pass_`` of the convolution ``g`` (see module doc)."""
+    return CHOOSER.select(g, pass_, algo, dtype)
+
+
+def explain(g, pass_: str, dtype=None) -> Choice:
+    """What "auto" picks for this key, and how (measuring it now if it has not yet)."""
+    return CHOOSER.choose(g, pass_, dtype)
+
+
+def set_default_algo(name: str) -> None:
+    """Force ``name`` for every convolution whose layer says "auto" ("auto" restores tuning)."""
+    if name != "auto" and name not in ALGORITHMS:
+        raise UnsupportedConfigError(
+            f"unknown convolution algorithm {name!r}; choose one of {sorted(ALGORITHMS)} or 'auto'")
+    CHOOSER.default_algo = name
+
+
+def get_default_algo() -> str:
+    return CHOOSER.default_algo
+
+
+@contextmanager
+def default_algo(name: str):
+    """``with default_algo("im2col"): ...`` forces an algorithm inside the block only."""
+    old = CHOOSER.default_algo
+    set_default_algo(name)
+    try:
+        yield
+    finally:
+        CHOOSER.default_algo = old
+
+
+def set_workspace_limit(nbytes: int | None) -> None:
+    """Auto skips algorithms needing more than ``nbytes`` of workspace (None: no limit)."""
+    if nbytes is not None and nbytes < 0:
+        raise ValueError(f"workspace limit must be >= 0 bytes or None, got {nbytes}")
+    CHOOSER.workspace_limit = nbytes
+
+
+def get_workspace_limit() -> int | None:
+    return CHOOSER.workspace_limit
+
+
+def enable_disk_cache(path=None) -> Path:
+    """Keep auto's measured choices in ``path`` (default: see ``default_cache_path``)."""
+    return CHOOSER.enable_disk_cache(path)
+
+
+def disable_disk_cache() -> None:
+    CHOOSER.disable_disk_cache()
+
+
+def clear_choices() -> None:
+    """Forget auto's in-memory choices; the next call of each key measures again."""
+    CHOOSER.clear()

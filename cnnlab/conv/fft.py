@@ -1,0 +1,198 @@
+"""FFT convolution: every pass as a per-frequency channel contraction (stride 1, dilation 1).
+
+With S = (SH, SW) >= (H + 2*PH, W + 2*PW) (a fast FFT length) and F the
+real-FFT spectrum of size SH x (SW//2 + 1), correlation is a product in the
+frequency domain, so each pass is one small complex GEMM per frequency:
+
+    forward          Y[f]  = X[f] @ conj(W[f])^T    X (N, C), W (O, C) -> y = irfft2(Y)[:HO, :WO]
+    backward_data    DX[f] = DY[f] @ W[f]           DY (N, O)          -> dx = irfft2(DX), cropped
+    backward_weight  DW[f] = X[f]^T @ conj(DY[f])   -> dw = inverse DFT of DW at the KH x KW taps
+
+(X = rfft2 of the zero-padded input, W = rfft2 of the kernel, DY = rfft2 of dy.)
+Each complex GEMM runs as one real GEMM, [Re X | Im X] @ [[Re M, Im M], [-Im M, Re M]]
+(numpy's complex64 matmul is many times slower than its float32 one). The weight
+gradient evaluates its inverse transform only at the KH*KW kernel taps, as one
+GEMM with a (F, KH*KW) DFT matrix, instead of an inverse FFT per (o, c) pair.
+
+Cost: transforms O(N C S log S) + O(O C S log S), products 8 N O C |F| real
+flops, independent of the kernel size: FFT wins for large kernels on large
+images and loses to Winograd/im2col for 3x3 (see docs/convolution.md).
+Memory: the kernel spectra (O, C, F) complex numbers (a 512x512 layer at
+28x28 needs 1 GiB), so output channels are processed in blocks of at most
+BLOCK_BYTES of spectra; ``workspace_bytes`` reports the total.
+Groups: each group is an independent convolution on channel views.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft as sfft
+
+from .algorithm import ConvAlgorithm, register
+from .im2col import pad_input
+from .threads import get_num_threads
+
+BLOCK_BYTES = 64 << 20  # kernel spectra held at once, per block of output channels
+
+
+def fft_shape(g) -> tuple[int, int]:
+    """FFT size: the padded input, rounded up to a fast length for real transforms."""
+    return (sfft.next_fast_len(g.h + 2 * g.padding[0], real=True),
+            sfft.next_fast_len(g.w + 2 * g.padding[1], real=True))
+
+
+def _complex(dtype):
+    return np.result_type(dtype, np.complex64)
+
+
+def _rfft2(a, s):
+    return sfft.rfft2(a, s=s, axes=(-2, -1), workers=get_num_threads())
+
+
+def _irfft2(a, s):
+    return sfft.irfft2(a, s=s, axes=(-2, -1), workers=get_num_threads())
+
+
+def _rows(spec):
+    """(A, B, SH, SF) complex spectra -> (SH*SF, A, 2B) real: per frequency the complex
+    (A x B) matrix as its real and imaginary parts side by side, [Re | Im]."""
+    a, b = spec.shape[:2]
+    flat = spec.reshape(a, b, -1)
+    out = np.empty((flat.shape[2], a, 2 * b), dtype=spec.real.dtype)
+    out[:, :, :b] = flat.real.transpose(2, 0, 1)
+    out[:, :, b:] = flat.imag.transpose(2, 0, 1)
+    return out
+
+
+def _block(spec, conj=False, transpose=False):
+    """(P, Q, SH, SF) complex spectra -> (SH*SF, 2P', 2Q') real with, per frequency f and
+    M = spec[:, :, f] (transposed and/or conjugated as asked, P' x Q'),
+
+        [[Re M, Im M], [-Im M, Re M]]   so that   [Re X | Im X] @ block = [Re XM | Im XM].
+
+    Complex GEMMs become one real GEMM (numpy's complex matmul is several times slower
+    than its float32 one here)."""
+    flat = spec.reshape(spec.shape[0], spec.shape[1], -1)
+    order = (2, 1, 0) if transpose else (2, 0, 1)
+    re = flat.real.transpose(order)
+    im = flat.imag.transpose(order)
+    f, p, q = re.shape
+    out = np.empty((f, 2 * p, 2 * q), dtype=re.dtype)
+    out[:, :p, :q] = re
+    out[:, p:, q:] = re
+    if conj:
+        np.negative(im, out=out[:, :p, q:])
+        out[:, p:, :q] = im
+    else:
+        out[:, :p, q:] = im
+        np.negative(im, out=out[:, p:, :q])
+    return out
+
+
+def _to_complex(rows, n, q, s):
+    """(F, N, 2Q) real [Re | Im] -> (N, Q, SH, SF) complex spectra."""
+    out = np.empty((n, q, rows.shape[0]), dtype=np.result_type(rows.dtype, np.complex64))
+    out.real = rows[:, :, :q].transpose(1, 2, 0)
+    out.imag = rows[:, :, q:].transpose(1, 2, 0)
+    return out.reshape(n, q, s[0], s[1] // 2 + 1)
+
+
+def _blocks(total: int, per_item_bytes: int) -> list[tuple[int, int]]:
+    step = max(1, min(total, BLOCK_BYTES // max(1, per_item_bytes)))
+    return [(a, min(total, a + step)) for a in range(0, total, step)]
+
+
+def _tap_dft(s, kh, kw, dtype):
+    """E (SH*SF, KH*KW) with  dw[k] = Re(sum_f DW[f] E[f, k])  = irfft2(DW)[p, q] at the taps."""
+    sh, sw = s
+    sf = sw // 2 + 1
+    u = np.arange(sh)[:, None, None, None]
+    v = np.arange(sf)[None, :, None, None]
+    p = np.arange(kh)[None, None, :, None]
+    q = np.arange(kw)[None, None, None, :]
+    weight = np.where((v == 0) | ((sw % 2 == 0) & (v == sw // 2)), 1.0, 2.0)  # Hermitian halves
+    e = weight * np.exp(2j * np.pi * (u * p / sh + v * q / sw)) / (sh * sw)
+    return e.reshape(sh * sf, kh * kw).astype(_complex(dtype))
+
+
+class FFTConv(ConvAlgorithm):
+    name = "fft"
+
+    def supports(self, g, pass_):
+        if g.stride != (1, 1):
+            return f"stride {g.stride} (needs 1)"
+        if g.dilation != (1, 1):
+            return f"dilation {g.dilation} (needs 1)"
+        return None
+
+    def _groups(self, g):
+        og, cg = g.o // g.groups, g.c // g.groups
+        return [(i * cg, (i + 1) * cg, i * og, (i + 1) * og) for i in range(g.groups)]
+
+    def forward(self, x, w, g):
+        s = fft_shape(g)
+        dtype = np.result_type(x, w)
+        y = np.empty(g.y_shape, dtype=dtype)
+        xs_all = _rfft2(pad_input(x, g), s)                            # (N, C, SH, SF)
+        for c0, c1, o0, o1 in self._groups(g):
+            xf = _rows(xs_all[:, c0:c1])                                # (F, N, 2Cg)
+            for b0, b1 in _blocks(o1 - o0, (c1 - c0) * xf.shape[0] * 16):
+                wb = _block(_rfft2(w[o0 + b0:o0 + b1], s), conj=True, transpose=True)
+                yf = _to_complex(np.matmul(xf, wb), g.n, b1 - b0, s)    # X conj(W)^T
+                y[:, o0 + b0:o0 + b1] = _irfft2(yf, s)[:, :, :g.ho, :g.wo]
+        return y
+
+    def backward_data(self, dy, w, g):
+        s = fft_shape(g)
+        ph, pw = g.padding
+        dtype = np.result_type(dy, w)
+        dx = np.empty(g.x_shape, dtype=dtype)
+        dys_all = _rfft2(dy, s)                                         # (N, O, SH, SF)
+        for c0, c1, o0, o1 in self._groups(g):
+            dyf = _rows(dys_all[:, o0:o1])                              # (F, N, 2Og)
+            for b0, b1 in _blocks(c1 - c0, (o1 - o0) * dyf.shape[0] * 16):
+                wb = _block(_rfft2(w[o0:o1, b0:b1], s))                  # (F, 2Og, 2Cb)
+                dxf = _to_complex(np.matmul(dyf, wb), g.n, b1 - b0, s)   # DY W
+                dx[:, c0 + b0:c0 + b1] = _irfft2(dxf, s)[:, :, ph:ph + g.h, pw:pw + g.w]
+        return dx
+
+    def backward_weight(self, dy, x, g):
+        s = fft_shape(g)
+        dtype = np.result_type(dy, x)
+        dw = np.empty(g.w_shape, dtype=dtype)
+        taps = _tap_dft(s, g.kh, g.kw, dtype)                           # (F, KH*KW) complex
+        taps_ri = np.concatenate([taps.real.T, -taps.imag.T], axis=1)   # (KH*KW, 2F)
+        taps_ri = np.ascontiguousarray(taps_ri, dtype=dtype)
+        xs_all = _rfft2(pad_input(x, g), s)
+        dys_all = _rfft2(dy, s)
+        for c0, c1, o0, o1 in self._groups(g):
+            xf = _rows(xs_all[:, c0:c1].transpose(1, 0, 2, 3))          # (F, Cg, 2N): X^T
+            nf = xf.shape[0]
+            for b0, b1 in _blocks(o1 - o0, (c1 - c0) * nf * 16):
+                dyb = _block(dys_all[:, o0 + b0:o0 + b1], conj=True)     # (F, 2N, 2Ob)
+                dwf = np.matmul(xf, dyb)                                # (F, Cg, 2Ob): X^T conj(DY)
+                cb, ob = c1 - c0, b1 - b0
+                # dw at the taps = Re(sum_f E[f] DW[f]) = sum_f (Re E Re DW - Im E Im DW)
+                parts = dwf.reshape(nf, cb, 2, ob).transpose(2, 0, 1, 3).reshape(2 * nf, cb * ob)
+                k = np.matmul(taps_ri, parts)                           # (KH*KW, Cg*Ob)
+                dw[o0 + b0:o0 + b1] = k.reshape(g.kh, g.kw, cb, ob).transpose(3, 2, 0, 1)
+        return dw
+
+    def workspace_bytes(self, g, pass_, itemsize):
+        sh, sw = fft_shape(g)
+        nf = sh * (sw // 2 + 1)
+        cplx = 2 * itemsize
+        og, cg = g.o // g.groups, g.c // g.groups
+        if pass_ == "backward_data":
+            spectra = g.n * (g.o + g.c) * nf * cplx          # DY spectra, DX of one block
+            kernel_items, per_item = cg, og * nf * 16
+        else:
+            spectra = g.n * (g.c + g.o) * nf * cplx          # X (and DY) spectra, Y of one block
+            kernel_items, per_item = og, cg * nf * 16
+        b0, b1 = _blocks(kernel_items, per_item)[0]
+        kernel = (b1 - b0) * per_item // 16 * cplx           # one block of kernel spectra
+        pad = g.n * g.c * (g.h + 2 * g.padding[0]) * (g.w + 2 * g.padding[1]) * itemsize
+        # every spectrum also exists once in frequency-major order
+        return int(2 * (spectra + kernel) + (pad if any(g.padding) else 0))
+
+
+register(FFTConv())

@@ -1,0 +1,544 @@
+"""Winograd minimal filtering F(m x m, 3 x 3): ``winograd2`` (m=2) and ``winograd4`` (m=4).
+
+For 3x3, stride-1, dilation-1 convolutions (any padding, any H, W, groups).
+The output is cut into m x m tiles; each reads an alpha x alpha input tile
+(alpha = m + 2) and, per tile,
+
+    Y = A^T [ sum_c (G w[o,c] G^T) * (B^T d[c] B) ] A          (* elementwise)
+
+so the alpha^2 products of the transformed domain are alpha^2 independent GEMMs
+
+    M[xi] (O, tiles) = U[xi] (O, C) @ V[xi] (C, tiles),   xi = 0 .. alpha^2 - 1,
+
+with U = G w G^T (alpha^2, O, C) and V = B^T d B (alpha^2, C, tiles). Direct
+convolution spends 9 m^2 multiply-adds per tile and (o, c) pair; this spends
+alpha^2: 16/36 (F2, 2.25x fewer) or 36/144 (F4, 4x fewer).
+
+Matrices (A^T: m x alpha, G: alpha x 3, B^T: alpha x alpha) come from the
+Cook-Toom construction below, exactly in rational arithmetic, on the points
+0, +-1 (F2) and 0, 1, -1, 1/2, -2 (F4), plus infinity. For F4 these points give
+about 2.5x smaller worst-case float32 error than Lavin & Gray's 0, +-1, +-2
+(docs/convolution.md); on those points the construction gives Lavin & Gray's
+matrices up to row signs.
+
+Passes:
+    forward          tiles of x, U from w
+    backward_data    the same Winograd convolution of dy with the 180-degree
+                     rotated, transposed kernel (C, O, 3, 3) and padding 2 - P
+                     (negative padding crops); U is formed from w directly
+    backward_weight  the adjoint of the forward in the transformed domain:
+                     dU[xi] = sum_tiles (A dy_tile A^T)[xi] (O, tiles) @ V[xi]^T,
+                     dw = G^T dU G (alpha^2 GEMMs with K = tiles)
+
+The work is cut into chunks of tile rows (see ``_Plan``): for small U each chunk
+runs transform -> GEMMs -> inverse transform while its tiles are in cache
+("fused"); for large U (deep layers) all tiles are transformed first, the
+alpha^2 GEMMs are split across threads by xi, then the inverse transforms run
+("phased"). Either way the pieces run on the worker pool of
+:mod:`cnnlab.conv.threads` with single-threaded BLAS; with too few chunks,
+channels are split instead. Transforms are small dense matmuls over the alpha
+axis (two per transform, BLAS), never Python loops over tiles.
+"""
+from __future__ import annotations
+
+import threading
+from fractions import Fraction
+from functools import lru_cache
+from math import lcm
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .algorithm import ConvAlgorithm, register
+from .threads import get_num_threads, parallel_map, pool_region
+
+R = 3  # kernel size handled here
+
+POINTS = {
+    2: (0, 1, -1),
+    4: (0, 1, -1, Fraction(1, 2), -2),
+}
+
+# Chunk sizing (tiles per chunk), measured on a 2-core Xeon with 2 MiB L2 per core:
+# a chunk's transformed tiles should stay in L2 (few tiles) while its alpha^2 GEMMs
+# want many columns; the best balance grows with the channel counts:
+# about TILES_PER_64 tiles when C + O = 128, clamped to [MIN_TILES, MAX_TILES].
+TILES_PER_64 = 56
+MIN_TILES = 48
+MAX_TILES = 128
+# The fused schedule re-reads U (alpha^2 O C floats) for every chunk: worth it up to about
+# FUSED_U_BYTES (a 256x256 F4 layer); the weight gradient also accumulates a dU of that
+# size per chunk, so it fuses only while dU stays in L2 (FUSED_DU_BYTES).
+FUSED_U_BYTES = 12 << 20
+FUSED_DU_BYTES = 4 << 20
+# Phased schedule: transform chunks of about PHASED_FLOATS transformed floats.
+PHASED_FLOATS = 1 << 18
+PHASED_MIN_TILES = 8
+
+
+# --------------------------------------------------------------------------- matrices
+
+def _inverse(rows):
+    """Exact inverse of a square matrix of Fractions (Gauss-Jordan)."""
+    n = len(rows)
+    a = [list(r) + [Fraction(int(i == j)) for j in range(n)] for i, r in enumerate(rows)]
+    for col in range(n):
+        piv = next(i for i in range(col, n) if a[i][col] != 0)
+        a[col], a[piv] = a[piv], a[col]
+        p = a[col][col]
+        a[col] = [v / p for v in a[col]]
+        for i in range(n):
+            if i != col and a[i][col] != 0:
+                f = a[i][col]
+                a[i] = [u - f * v for u, v in zip(a[i], a[col])]
+    return [r[n:] for r in a]
+
+
+def cook_toom(m: int, r: int, points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Matrices (A^T, G, B^T) of F(m, r) on ``points`` (m + r - 2 finite points) and infinity.
+
+    Built exactly: with V the (alpha x alpha) evaluation matrix of degree < alpha
+    polynomials at the points (the last row, infinity, takes the leading
+    coefficient), B^T = V^-T, A^T[i, j] = a_j^i, G[j, k] = a_j^k; then each row
+    j of B^T is scaled to integers and row j of G by the inverse factor.
+    The 1-D identity  y = A^T [(G g) * (B^T d)]  computes y_i = sum_k g_k d_{i+k}.
+    """
+    alpha = m + r - 1
+    pts = [Fraction(p) for p in points]
+    if len(pts) != alpha - 1 or len(set(pts)) != len(pts):
+        raise ValueError(f"F({m},{r}) needs {alpha - 1} distinct finite points, got {points!r}")
+    inf_row = [Fraction(int(l == alpha - 1)) for l in range(alpha)]
+    vinv = _inverse([[p ** l for l in range(alpha)] for p in pts] + [inf_row])
+    bt = [[vinv[l][j] for l in range(alpha)] for j in range(alpha)]
+    at = [[pts[j] ** i if j < alpha - 1 else Fraction(int(i == m - 1)) for j in range(alpha)]
+          for i in range(m)]
+    g = [[pts[j] ** k if j < alpha - 1 else Fraction(int(k == r - 1)) for k in range(r)]
+         for j in range(alpha)]
+    for j in range(alpha):
+        s = lcm(*(v.denominator for v in bt[j]))
+        bt[j] = [v * s for v in bt[j]]
+        g[j] = [v / s for v in g[j]]
+    as_float = lambda rows: np.array([[float(v) for v in row] for row in rows])  # noqa: E731
+    return as_float(at), as_float(g), as_float(bt)
+
+
+@lru_cache(maxsize=None)
+def matrices(m: int, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(A^T, A, B^T, G (x) G) for F(m, 3) in ``dtype``; G (x) G is (alpha^2, 9)."""
+    at, g, bt = cook_toom(m, R, POINTS[m])
+    dt = np.dtype(dtype)
+    kg = np.kron(g, g)
+    return (at.astype(dt), np.ascontiguousarray(at.T).astype(dt), bt.astype(dt), kg.astype(dt))
+
+
+# --------------------------------------------------------------------------- planning
+
+def _even(size: int, parts: int) -> list[tuple[int, int]]:
+    """range(size) cut into ``parts`` contiguous pieces whose lengths differ by at most one."""
+    parts = max(1, min(parts, size))
+    edges = [size * i // parts for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+class _Plan:
+    """Tiling of one Winograd convolution and how the work is cut up.
+
+    Computes y[n, o, i, j] = sum_{c,p,q} w[o,c,p,q] x[n, c, i + p - pt, j + q - pl]
+    for 0 <= i < ho, 0 <= j < wo (x is zero outside its h x w).
+    A chunk is (n0, nb, ti0, nr): images n0..n0+nb-1, tile rows ti0..ti0+nr-1; its tiles
+    are columns off .. off + tiles - 1 of V and M, ordered (n, tile row, tile column).
+
+    Two schedules:
+    fused   (U small, many tiles: early layers) each chunk does transform -> alpha^2
+            GEMMs -> inverse transform while its tiles are in cache; chunks run in parallel.
+    phased  (U large: deep layers) V for all tiles, then the alpha^2 GEMMs split by xi
+            across threads (each U[xi] is read once, with every tile as GEMM columns),
+            then the inverse transforms; each phase in parallel.
+    """
+
+    def __init__(self, m, n, c, h, w, o, ho, wo, pt, pl, nthreads=None, weight_grad=False):
+        self.m, self.alpha = m, m + R - 1
+        self.n, self.c, self.h, self.w, self.o = n, c, h, w, o
+        self.ho, self.wo, self.pt, self.pl = ho, wo, pt, pl
+        self.th, self.tw = -(-ho // m), -(-wo // m)
+        self.nthreads = nthreads or get_num_threads()
+        a2 = self.alpha ** 2
+        self.total_tiles = n * self.th * self.tw
+        fused_target = min(MAX_TILES, max(MIN_TILES, (TILES_PER_64 * (c + o)) // 128))
+        u_limit = FUSED_DU_BYTES if weight_grad else FUSED_U_BYTES
+        self.fused = (4 * a2 * o * c <= u_limit
+                      and self.total_tiles >= self.nthreads * MIN_TILES)
+        if self.fused:
+            target = fused_target
+        else:
+            target = max(PHASED_MIN_TILES, PHASED_FLOATS // (a2 * max(c, o)))
+        per_image = self.th * self.tw
+        if per_image >= target:     # chunks of tile rows within an image
+            k = -(-per_image // target)
+            if n == 1:              # equal shares for the threads
+                k = min(self.th, -(-k // self.nthreads) * self.nthreads)
+            self.chunks = [(i, 1, r0, r1 - r0) for i in range(n)
+                           for r0, r1 in _even(self.th, k)]
+        else:                       # chunks of whole images
+            k = max(1, round(n * per_image / target))
+            k = min(n, -(-k // self.nthreads) * self.nthreads)
+            self.chunks = [(i0, i1 - i0, 0, self.th) for i0, i1 in _even(n, k)]
+        self.offsets = []
+        off = 0
+        for ch in self.chunks:
+            self.offsets.append(off)
+            off += self.tiles(ch)
+
+    def tiles(self, chunk) -> int:
+        return chunk[1] * chunk[3] * self.tw
+
+    def max_tiles(self) -> int:
+        return max(self.tiles(ch) for ch in self.chunks)
+
+    def blocks(self, size: int, parts: int | None = None) -> list[tuple[int, int]]:
+        """range(size) in ``parts`` contiguous blocks (default: one per thread)."""
+        return _even(size, parts or self.nthreads)
+
+    def jobs(self, size: int) -> list:
+        """(chunk index, channel block): whole chunks when there are enough, else split channels."""
+        parts = 1 if len(self.chunks) >= self.nthreads else self.nthreads
+        return [(i, cb) for i in range(len(self.chunks)) for cb in self.blocks(size, parts)]
+
+    def workspace_floats(self, c, o, weight_grad=False) -> int:
+        """U, plus V and M (phased) or per-thread chunk buffers (fused): workspace_bytes."""
+        a2, nt = self.alpha ** 2, self.max_tiles()
+        strip = c * (nt // self.tw * self.m + R - 1) * (self.tw * self.m + R - 1)
+        chunk = strip + 2 * a2 * max(c, o) * nt + a2 * o * nt
+        if self.fused:
+            per_thread = chunk + (a2 * o * c if weight_grad else 0)
+            return a2 * o * c + per_thread * min(self.nthreads, len(self.chunks))
+        return a2 * o * c + a2 * (c + o) * self.total_tiles + chunk * self.nthreads
+
+
+# --------------------------------------------------------------------------- transforms
+
+class _Scratch(threading.local):
+    """Per-thread reusable chunk buffers (a chunk's arrays are allocated once per thread).
+
+    Buffers over SCRATCH_CAP bytes are not kept. Nothing returned to a caller
+    lives in them: outputs are always fresh arrays.
+    """
+
+    def __init__(self):
+        self.bufs = {}
+
+    def get(self, name, shape, dtype):
+        size = int(np.prod(shape))
+        key = (name, np.dtype(dtype).str)
+        buf = self.bufs.get(key)
+        if buf is None or buf.size < size:
+            buf = np.empty(size, dtype=dtype)
+            if buf.nbytes <= SCRATCH_CAP:
+                self.bufs[key] = buf
+        return buf[:size].reshape(shape)
+
+    def strip(self, shape, dtype, cols):
+        """A zero-bordered strip buffer; its columns outside ``cols`` are zero on return."""
+        key = ("strip", np.dtype(dtype).str)
+        entry = self.bufs.get(key)
+        if entry is None or entry[1] != (shape, cols):
+            buf = np.empty(shape, dtype=dtype)
+            buf[..., :cols[0]] = 0
+            buf[..., cols[1]:] = 0
+            entry = (buf, (shape, cols))
+            if buf.nbytes <= SCRATCH_CAP:
+                self.bufs[key] = entry
+        return entry[0]
+
+
+SCRATCH_CAP = 32 << 20
+_SCRATCH = _Scratch()
+
+
+def _input_strip(x, plan, chunk, c0, c1):
+    """Zero-padded input rows the chunk's tiles read, rows outermost:
+    (nb, nr*m+2, c1-c0, tw*m+2)."""
+    n0, nb, ti0, nr = chunk
+    m = plan.m
+    hs, ws = nr * m + R - 1, plan.tw * m + R - 1
+    r0 = ti0 * m - plan.pt                      # input row of strip row 0
+    lo, hi = max(r0, 0), min(r0 + hs, plan.h)   # input rows present
+    q0, q1 = max(0, -plan.pl), min(plan.w, ws - plan.pl)  # input columns present
+    s = _SCRATCH.strip((nb, hs, c1 - c0, ws), x.dtype, (q0 + plan.pl, max(q0, q1) + plan.pl))
+    if lo >= hi or q0 >= q1:
+        s.fill(0)
+        return s
+    s[:, :lo - r0] = 0
+    s[:, hi - r0:] = 0
+    s[:, lo - r0:hi - r0, :, q0 + plan.pl:q1 + plan.pl] = \
+        x[n0:n0 + nb, c0:c1, lo:hi, q0:q1].transpose(0, 2, 1, 3)
+    return s
+
+
+def _transform_input(x, plan, chunk, c0, c1, bt, out=None):
+    """V = B^T d B for every input tile of the chunk: (alpha^2, c1-c0, tiles).
+
+    The row pass runs on the strip itself (alpha consecutive rows of every channel form
+    one BLAS operand per tile row); only its result is gathered into tiles.
+    """
+    n0, nb, ti0, nr = chunk
+    a, m, tw = plan.alpha, plan.m, plan.tw
+    cb = c1 - c0
+    s = _input_strip(x, plan, chunk, c0, c1)                        # (nb, hs, cb, ws)
+    sn, sr = s.strides[:2]
+    ws = s.shape[3]
+    rows = as_strided(s, (nb, nr, a, cb * ws), (sn, m * sr, sr, s.strides[3]))
+    e = _SCRATCH.get("B", (nb, nr, a, cb, ws), x.dtype)
+    np.matmul(bt, rows, out=e.reshape(nb, nr, a, cb * ws))          # (n, ti, xi, c, col)
+    en, er, ex, ec, ew = e.strides
+    d = _SCRATCH.get("A", (a, a, cb, nb, nr, tw), x.dtype)
+    np.copyto(d, as_strided(e, (a, a, cb, nb, nr, tw), (ex, ew, ec, en, er, m * ew)))
+    cols = cb * nb * nr * tw
+    if out is None:
+        out = _SCRATCH.get("V", (a * a, cb, nb * nr * tw), x.dtype)
+    np.matmul(bt, d.reshape(a, a, cols), out=out.reshape(a, a, cols))   # columns: (xi, nu, ...)
+    return out
+
+
+def _view(a, shape):
+    """``a`` reshaped without copying (an error, never a silent copy, if that is impossible)."""
+    v = a.view()
+    v.shape = shape
+    return v
+
+
+def _transform_output(mm, plan, chunk, y, o0, o1, at, a_mat):
+    """Y = A^T M A for every tile and scatter into y[n0:n0+nb, o0:o1] (edge tiles cropped).
+
+    The second pass multiplies by A on the right, so each tile row comes out as
+    (..., tw, m): contiguous output rows, copied into y in long runs.
+    """
+    n0, nb, ti0, nr = chunk
+    a, m, tw = plan.alpha, plan.m, plan.tw
+    ob = o1 - o0
+    cols = ob * nb * nr * tw
+    y1 = _SCRATCH.get("B", (m, a, cols), mm.dtype)
+    np.matmul(at, mm.reshape(a, a * cols), out=y1.reshape(m, a * cols))
+    y2 = _SCRATCH.get("A", (m, cols, m), mm.dtype)
+    np.matmul(y1.transpose(0, 2, 1), a_mat, out=y2)
+    yt = y2.reshape(m, ob, nb, nr, tw, m).transpose(2, 1, 3, 0, 4, 5)  # (nb, ob, nr, m, tw, m)
+    row0 = ti0 * m
+    rows = min(plan.ho, row0 + nr * m) - row0
+    dst = y[n0:n0 + nb, o0:o1, row0:row0 + rows]
+    fr, rr = divmod(rows, m)
+    fc, rc = divmod(plan.wo, m)
+    if fr and fc:
+        _view(dst[:, :, :fr * m, :fc * m], (nb, ob, fr, m, fc, m))[...] = yt[:, :, :fr, :, :fc]
+    if rr and fc:
+        _view(dst[:, :, fr * m:, :fc * m], (nb, ob, rr, fc, m))[...] = yt[:, :, fr, :rr, :fc]
+    if rc and fr:
+        _view(dst[:, :, :fr * m, fc * m:], (nb, ob, fr, m, rc))[...] = yt[:, :, :fr, :, fc, :rc]
+    if rr and rc:
+        dst[:, :, fr * m:, fc * m:] = yt[:, :, fr, :rr, fc, :rc]
+
+
+def _transform_dy(dy, plan, chunk, o0, o1, a_mat, out=None):
+    """Z = A dy_tile A^T for every output tile of the chunk: (alpha^2, o1-o0, tiles)."""
+    n0, nb, ti0, nr = chunk
+    a, m, tw = plan.alpha, plan.m, plan.tw
+    ob = o1 - o0
+    cols = ob * nb * nr * tw
+    row0 = ti0 * m
+    rows = min(plan.ho, row0 + nr * m) - row0
+    src = dy[n0:n0 + nb, o0:o1, row0:row0 + rows]
+    if rows < nr * m or plan.wo < tw * m:          # edge tiles: zero-pad to whole tiles
+        s = _SCRATCH.get("dys", (nb, ob, nr * m, tw * m), dy.dtype)
+        s.fill(0)
+        s[:, :, :rows, :plan.wo] = src
+        src = s
+    d = _SCRATCH.get("Z1", (m, m, ob, nb, nr, tw), dy.dtype)
+    np.copyto(d, _view(src, (nb, ob, nr, m, tw, m)).transpose(3, 5, 1, 0, 2, 4))
+    e = _SCRATCH.get("Z2", (a, m, cols), dy.dtype)
+    np.matmul(a_mat, d.reshape(m, m * cols), out=e.reshape(a, m * cols))   # rows
+    if out is None:
+        out = _SCRATCH.get("Z3", (a * a, ob, nb * nr * tw), dy.dtype)
+    np.matmul(a_mat, e, out=out.reshape(a, a, cols))                        # columns
+    return out
+
+
+def transform_weight(w, m, flip=False):
+    """U = G w G^T as (alpha^2, O, C); with ``flip`` the transform of w rotated 180 degrees."""
+    o, c = w.shape[:2]
+    kg = matrices(m, w.dtype.str)[3]
+    if flip:
+        kg = kg[:, ::-1]
+    w9 = np.ascontiguousarray(w).reshape(o * c, R * R)
+    u = np.empty((kg.shape[0], o, c), dtype=w.dtype)
+    u2 = u.reshape(kg.shape[0], o * c)
+    k = min(get_num_threads(), o)
+    edges = [o * i // k for i in range(k + 1)]
+
+    def block(i):
+        a, b = edges[i] * c, edges[i + 1] * c
+        np.matmul(kg, w9[a:b].T, out=u2[:, a:b])
+
+    parallel_map(block, range(k))
+    return u
+
+
+# --------------------------------------------------------------------------- engine
+
+def winograd_conv(x, u, plan, y):
+    """y (N, O, HO, WO) <- Winograd convolution of x with transformed weights u (alpha^2, O, C)."""
+    at, a_mat, bt, _ = matrices(plan.m, x.dtype.str)
+    a2 = plan.alpha ** 2
+    if plan.fused:
+        def run(chunk):
+            v = _transform_input(x, plan, chunk, 0, plan.c, bt)
+            mm = _SCRATCH.get("m", (a2, plan.o, v.shape[2]), y.dtype)
+            _transform_output(np.matmul(u, v, out=mm), plan, chunk, y, 0, plan.o, at, a_mat)
+        parallel_map(run, plan.chunks)
+        return y
+    v = _phase_input(x, plan, bt)
+    mm = np.empty((a2, plan.o, plan.total_tiles), dtype=y.dtype)
+
+    def gemm(xb):
+        np.matmul(u[xb[0]:xb[1]], v[xb[0]:xb[1]], out=mm[xb[0]:xb[1]])
+
+    parallel_map(gemm, plan.blocks(a2))
+    del v
+
+    def output(job):
+        i, (o0, o1) = job
+        chunk, off, nt = plan.chunks[i], plan.offsets[i], plan.tiles(plan.chunks[i])
+        part = _SCRATCH.get("m", (a2, o1 - o0, nt), y.dtype)
+        np.copyto(part, mm[:, o0:o1, off:off + nt])
+        _transform_output(part, plan, chunk, y, o0, o1, at, a_mat)
+
+    parallel_map(output, plan.jobs(plan.o))
+    return y
+
+
+def _phase_input(x, plan, bt):
+    """V (alpha^2, C, all tiles), transformed chunk by chunk in parallel."""
+    v = np.empty((plan.alpha ** 2, plan.c, plan.total_tiles), dtype=x.dtype)
+
+    def run(job):
+        i, (c0, c1) = job
+        off, nt = plan.offsets[i], plan.tiles(plan.chunks[i])
+        v[:, c0:c1, off:off + nt] = _transform_input(x, plan, plan.chunks[i], c0, c1, bt)
+
+    parallel_map(run, plan.jobs(plan.c))
+    return v
+
+
+def winograd_weight_grad(dy, x, plan):
+    """dU (alpha^2, O, C) = sum over tiles of (A dy_tile A^T) V^T, V the forward input tiles."""
+    _, a_mat, bt, _ = matrices(plan.m, x.dtype.str)
+    a2 = plan.alpha ** 2
+    if plan.fused:
+        k = min(plan.nthreads, len(plan.chunks))
+        groups = [plan.chunks[i::k] for i in range(k)]
+
+        def run(chunks):
+            du = np.zeros((a2, plan.o, plan.c), dtype=x.dtype)
+            part = np.empty_like(du)
+            for chunk in chunks:
+                v = _transform_input(x, plan, chunk, 0, plan.c, bt)
+                z = _transform_dy(dy, plan, chunk, 0, plan.o, a_mat)
+                du += np.matmul(z, v.transpose(0, 2, 1), out=part)
+            return du
+
+        parts = parallel_map(run, groups)
+        total = parts[0]
+        for p in parts[1:]:
+            total += p
+        return total
+    v = _phase_input(x, plan, bt)
+    z = np.empty((a2, plan.o, plan.total_tiles), dtype=x.dtype)
+
+    def transform_dy(job):
+        i, (o0, o1) = job
+        off, nt = plan.offsets[i], plan.tiles(plan.chunks[i])
+        z[:, o0:o1, off:off + nt] = _transform_dy(dy, plan, plan.chunks[i], o0, o1, a_mat)
+
+    parallel_map(transform_dy, plan.jobs(plan.o))
+    du = np.empty((a2, plan.o, plan.c), dtype=x.dtype)
+
+    def gemm(xb):
+        np.matmul(z[xb[0]:xb[1]], v[xb[0]:xb[1]].transpose(0, 2, 1), out=du[xb[0]:xb[1]])
+
+    parallel_map(gemm, plan.blocks(a2))
+    return du
+
+
+def weight_from_transformed(du, m, o, c):
+    """dw (O, C, 3, 3) = G^T dU G for every (o, c): the adjoint of ``transform_weight``."""
+    kg = matrices(m, du.dtype.str)[3]
+    dw9 = np.matmul(kg.T, du.reshape(du.shape[0], o * c))          # (9, O*C)
+    return np.ascontiguousarray(dw9.T).reshape(o, c, R, R)
+
+
+# --------------------------------------------------------------------------- algorithm
+
+class Winograd(ConvAlgorithm):
+    """F(m x m, 3 x 3) Winograd convolution; see the module docstring."""
+
+    def __init__(self, m: int):
+        self.m = m
+        self.name = f"winograd{m}"
+
+    def supports(self, g, pass_):
+        if (g.kh, g.kw) != (R, R):
+            return f"kernel {g.kh}x{g.kw} (needs 3x3)"
+        if g.stride != (1, 1):
+            return f"stride {g.stride} (needs 1)"
+        if g.dilation != (1, 1):
+            return f"dilation {g.dilation} (needs 1)"
+        return None
+
+    # Each pass loops over groups; a group's channels are views, never copies.
+    def _groups(self, g):
+        og, cg = g.o // g.groups, g.c // g.groups
+        return [(i * cg, (i + 1) * cg, i * og, (i + 1) * og) for i in range(g.groups)]
+
+    def forward(self, x, w, g):
+        y = np.empty(g.y_shape, dtype=np.result_type(x, w))
+        plan = _Plan(self.m, g.n, g.c // g.groups, g.h, g.w, g.o // g.groups, g.ho, g.wo,
+                     g.padding[0], g.padding[1])
+        with pool_region():
+            for c0, c1, o0, o1 in self._groups(g):
+                u = transform_weight(w[o0:o1], self.m)
+                winograd_conv(x[:, c0:c1], u, plan, y[:, o0:o1])
+        return y
+
+    def backward_data(self, dy, w, g):
+        dx = np.empty(g.x_shape, dtype=np.result_type(dy, w))
+        plan = _Plan(self.m, g.n, g.o // g.groups, g.ho, g.wo, g.c // g.groups, g.h, g.w,
+                     R - 1 - g.padding[0], R - 1 - g.padding[1])
+        with pool_region():
+            for c0, c1, o0, o1 in self._groups(g):
+                u = transform_weight(w[o0:o1], self.m, flip=True)     # (alpha^2, Og, Cg)
+                winograd_conv(dy[:, o0:o1], u.transpose(0, 2, 1), plan, dx[:, c0:c1])
+        return dx
+
+    def backward_weight(self, dy, x, g):
+        dw = np.empty(g.w_shape, dtype=np.result_type(dy, x))
+        og, cg = g.o // g.groups, g.c // g.groups
+        plan = _Plan(self.m, g.n, cg, g.h, g.w, og, g.ho, g.wo, g.padding[0], g.padding[1],
+                     weight_grad=True)
+        with pool_region():
+            for c0, c1, o0, o1 in self._groups(g):
+                du = winograd_weight_grad(dy[:, o0:o1], x[:, c0:c1], plan)
+                dw[o0:o1] = weight_from_transformed(du, self.m, og, cg)
+        return dw
+
+    def workspace_bytes(self, g, pass_, itemsize):
+        og, cg = g.o // g.groups, g.c // g.groups
+        if pass_ == "backward_data":
+            plan = _Plan(self.m, g.n, og, g.ho, g.wo, cg, g.h, g.w, 0, 0)
+            floats = plan.workspace_floats(og, cg)
+        else:
+            wgrad = pass_ == "backward_weight"
+            plan = _Plan(self.m, g.n, cg, g.h, g.w, og, g.ho, g.wo, 0, 0, weight_grad=wgrad)
+            floats = plan.workspace_floats(cg, og, weight_grad=wgrad)
+        return int(floats) * itemsize
+
+
+register(Winograd(2))
+register(Winograd(4))
