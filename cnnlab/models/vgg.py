@@ -2,7 +2,7 @@
 
 Layout and parameter names follow torchvision, so its state_dicts load directly:
     features    Sequential of Conv2d(3x3, pad 1) [-> BatchNorm2d] -> ReLU ... MaxPool2d(2)
-    avgpool     AdaptiveAvgPool to 7x7 (an identity at 224x224 input)
+    avgpool     adaptive average pool to 7x7 (an identity at 224x224 input; any size >= 32 works)
     classifier  Linear(512*7*7, 4096) -> ReLU -> Dropout -> Linear(4096, 4096) -> ReLU
                 -> Dropout -> Linear(4096, num_classes)
 x: (N, 3, H, W) -> (N, num_classes). ``layer_names(cfg)`` gives the conventional names
@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
+from ..backend import get_xp
 from ..errors import CnnlabError, ShapeError
 
 CONFIGS = {
@@ -55,24 +56,65 @@ def layer_names(cfg, batch_norm=False) -> list[str]:
     return names
 
 
-class AdaptiveAvgPool7(nn.Module):
-    """Average-pool (N, C, H, W) to (N, C, 7, 7) when H and W are multiples of 7 (identity at 7)."""
+def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling windows along one axis: [floor(i*size/out), ceil((i+1)*size/out))."""
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
 
-    def __init__(self, size=7):
+
+class AdaptiveAvgPool2d(nn.Module):
+    """Average-pool (N, C, H, W) to (N, C, OH, OW) with PyTorch's adaptive windows: output cell
+    (i, j) is the mean of rows [floor(i H/OH), ceil((i+1) H/OH)) and the same for columns, so
+    any H, W work (smaller maps are repeated, e.g. 1x1 -> 7x7). Backward spreads each output
+    gradient evenly over its window. When OH divides H and OW divides W this is a plain
+    average pool (the identity at H = OH)."""
+
+    def __init__(self, output_size=7):
         super().__init__()
-        self.size = size
+        self.size = output_size
+        self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
 
     def forward(self, x):
-        h, w = x.shape[2:]
-        if h % self.size or w % self.size:
-            raise ShapeError(f"VGG classifier needs feature maps that are multiples of {self.size} "
-                             f"(input 224x224); got {h}x{w}")
-        kh, kw = h // self.size, w // self.size
-        self._inner = None if (kh, kw) == (1, 1) else nn.AvgPool2d((kh, kw), (kh, kw))
-        return x if self._inner is None else self._inner.forward(x)
+        if x.ndim != 4:
+            raise ShapeError(f"AdaptiveAvgPool2d expects (N, C, H, W), got {tuple(x.shape)}")
+        n, c, h, w = x.shape
+        oh, ow = self.output_size
+        self._shape = x.shape
+        if (h, w) == (oh, ow):
+            return x
+        if h % oh == 0 and w % ow == 0:
+            return x.reshape(n, c, oh, h // oh, ow, w // ow).mean(axis=(3, 5))
+        out = get_xp(x).empty((n, c, oh, ow), dtype=x.dtype)
+        for i, (r0, r1) in enumerate(adaptive_windows(h, oh)):
+            for j, (c0, c1) in enumerate(adaptive_windows(w, ow)):
+                out[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
+        return out
 
     def backward(self, dout):
-        return dout if self._inner is None else self._inner.backward(dout)
+        n, c, h, w = self._shape
+        oh, ow = self.output_size
+        if (h, w) == (oh, ow):
+            return dout
+        xp = get_xp(dout)
+        if h % oh == 0 and w % ow == 0:
+            kh, kw = h // oh, w // ow
+            d = dout[:, :, :, None, :, None] / (kh * kw)
+            return xp.broadcast_to(d, (n, c, oh, kh, ow, kw)).reshape(n, c, h, w).copy()
+        dx = xp.zeros(self._shape, dtype=dout.dtype)
+        for i, (r0, r1) in enumerate(adaptive_windows(h, oh)):
+            for j, (c0, c1) in enumerate(adaptive_windows(w, ow)):
+                area = (r1 - r0) * (c1 - c0)
+                dx[:, :, r0:r1, c0:c1] += dout[:, :, i:i + 1, j:j + 1] / area
+        return dx
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveAvgPool7(AdaptiveAvgPool2d):
+    """VGG's ``avgpool``: adaptive average pooling to 7x7 (an identity at 224x224 input)."""
+
+    def __init__(self, size=7):
+        super().__init__(size)
 
 
 class VGG(nn.Sequential):

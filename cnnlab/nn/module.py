@@ -202,6 +202,13 @@ class Module:
         return self
 
     # -- display ------------------------------------------------------------------------
+    def summary(self, input_shape, batch: int = 1):
+        """Per-layer output shape, parameters, multiply-adds, activation memory and receptive
+        field for an input of ``input_shape`` (C, H, W) or "3x224x224"; ``str()`` is the table."""
+        from ..models.summary import summarize
+
+        return summarize(self, input_shape, batch)
+
     def extra_repr(self) -> str:
         return ""
 
