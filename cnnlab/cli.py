@@ -1,0 +1,84 @@
+"""The ``cnnlab`` command: one argparse parser, sub-commands registered by each area.
+
+Each module in :data:`COMMAND_MODULES` has ``register(subparsers)``, which adds its
+sub-commands with ``set_defaults(func=handler)``; ``handler(args) -> int`` is the exit code.
+A :class:`~cnnlab.errors.CnnlabError` (a problem the user can fix: a wrong shape, an
+unknown name, a missing or damaged file) or an OSError is printed as one line
+``cnnlab: <message>`` with exit code 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import CnnlabError
+
+#: the modules whose ``register(subparsers)`` add sub-commands, in --help order
+COMMAND_MODULES = (
+    "cnnlab.train.commands",
+    "cnnlab.data.commands",
+    "cnnlab.data.pack_commands",
+    "cnnlab.conv.commands",
+    "cnnlab.models.commands",
+    "cnnlab.transfer.commands",
+    "cnnlab.style.commands",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with the fix (exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cnnlab",
+        description="Convolutional networks in practice: train, evaluate and inspect CNNs "
+                    "written out in NumPy. `cnnlab COMMAND --help` explains each command.")
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback when a command fails")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``cnnlab`` script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv                  # accepted before or after the sub-command
+    argv = (["--debug"] if debug else []) + [a for a in argv if a != "--debug"]
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except CnnlabError as err:
+        if debug:
+            raise
+        print(f"cnnlab: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if debug:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(f"cnnlab: cannot use{where}: {err.strerror or err}; check the path and its "
+              f"permissions (--debug shows the traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip()
+    return " ".join(text.split()) if text else type(err).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The VGG-16/19 trunk that neural style differentiates, and its input-gradient pass.
+
+Built from cnnlab modules (``cnnlab.models.vgg.make_features``), truncated after the
+deepest layer a loss reads, with every parameter frozen. Parameter names are
+torchvision's (``features.N.weight``), so published state dicts load directly.
+
+The style pass needs the loss's gradient with respect to the *image* only, so
+:meth:`VGGFeatures.forward` / :meth:`VGGFeatures.backward` run the layers through the
+public functional and convolution APIs and keep only what the data gradient needs:
+
+    conv   y = conv(x, W) + b     keeps (W, geometry)        dx = conv_transpose(dy, W)
+                                  (not x: no weight gradient is ever computed)
+    relu   y = max(y, 0) in place keeps the mask y > 0       dx = dy * mask, in place
+    pool   2x2/2 max              keeps the winners (bool)    dx = dy routed to the winner
+           2x2/2 average          keeps nothing but the shape dx = dy / 4 on each tap
+           anything else          cnnlab.functional pooling
+
+so a layer's activation is freed as soon as the next layer has read it, unless a loss
+asked for it. Arrays are float32 in a style run, float64 in the checks: the pass keeps
+the dtype of its input.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import functional as F
+from .. import nn
+from ..conv import ConvGeometry, default_algo, select
+from ..errors import CnnlabError
+from ..models.vgg import CONFIGS, layer_names, make_features
+
+MODELS = ("vgg16", "vgg19")
+
+
+def check_layers(model: str, layers) -> list[str]:
+    """The conventional layer names of ``model`` (conv1_1, relu1_1, ..., pool5); raises
+    CnnlabError naming the valid ones when any of ``layers`` is unknown."""
+    if model not in MODELS:
+        raise CnnlabError(f"unknown style model {model!r}; choose one of {', '.join(MODELS)}")
+    names = layer_names(CONFIGS[model])
+    unknown = [name for name in layers if name not in names]
+    if unknown:
+        raise CnnlabError(f"{model} has no layer {', '.join(map(repr, unknown))}; its layers are "
+                          f"{', '.join(names)}")
+    return names
+
+
+# ------------------------------------------------------------------------------ fast layers
+def _relu_inplace(y):
+    """y <- max(y, 0); returns the mask y > 0 (what the backward pass needs)."""
+    np.maximum(y, 0, out=y)
+    return y > 0
+
+
+def _maxpool2_forward(x):
+    """2x2 stride-2 max pool of x (N, C, H, W) -> (out (N, C, H//2, W//2), cache).
+
+    An odd last row or column is dropped (floor, as cnnlab.functional and PyTorch). Rows are
+    paired first (contiguous reads), then columns; the cache holds which row won in every
+    column pair and which column won in every window (booleans). Ties go to the top row,
+    then the left column: the first in row-major order except when the maxima of the two
+    columns tie, a case that only decides which of two equal inputs receives the gradient.
+    """
+    h2, w2 = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
+    top, bottom = x[:, :, 0:h2:2, :w2], x[:, :, 1:h2:2, :w2]
+    lower = np.greater(bottom, top)
+    rows = np.maximum(top, bottom)
+    left, right = rows[..., 0::2], rows[..., 1::2]
+    col = np.greater(right, left)
+    out = np.maximum(left, right)
+    return out, (lower, col, x.shape)
+
+
+def _maxpool2_backward(dout, cache):
+    """Route dout to the winners: first to the winning column of each window, then to the
+    winning row of each column pair."""
+    lower, col, shape = cache[:3]
+    if len(cache) == 4:                     # the mask of the ReLU below, at the pooled size
+        dout = dout * cache[3]
+    n, c, h, w = dout.shape
+    drows = np.empty((n, c, h, 2 * w), dtype=dout.dtype)
+    np.multiply(dout, col, out=drows[..., 1::2])
+    np.subtract(dout, drows[..., 1::2], out=drows[..., 0::2])
+    exact = shape[2:] == (2 * h, 2 * w)
+    dx = np.empty(shape, dtype=dout.dtype) if exact else np.zeros(shape, dtype=dout.dtype)
+    np.multiply(drows, lower, out=dx[:, :, 1:2 * h:2, :2 * w])
+    np.subtract(drows, dx[:, :, 1:2 * h:2, :2 * w], out=dx[:, :, 0:2 * h:2, :2 * w])
+    return dx
+
+
+def _avgpool2_forward(x):
+    """2x2 stride-2 average pool (odd last row/column dropped) -> (out, input shape)."""
+    h2, w2 = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
+    out = np.add(x[:, :, 0:h2:2, 0:w2:2], x[:, :, 0:h2:2, 1:w2:2])
+    out += x[:, :, 1:h2:2, 0:w2:2]
+    out += x[:, :, 1:h2:2, 1:w2:2]
+    out *= out.dtype.type(0.25)
+    return out, x.shape
+
+
+def _avgpool2_backward(dout, shape):
+    n, c, h, w = dout.shape
+    share = dout * dout.dtype.type(0.25)
+    dx = np.empty(shape, dtype=dout.dtype) if shape[2:] == (2 * h, 2 * w) else np.zeros(shape, dout.dtype)
+    for p, q in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        dx[:, :, p:2 * h:2, q:2 * w:2] = share
+    return dx
+
+
+class _NoTape(list):
+    """A tape that forgets: forward without backward keeps no masks."""
+
+    def append(self, item):
+        pass
+
+
+def _is_pool2(m, x, kind=nn.MaxPool2d) -> bool:
+    """A 2x2 stride-2 unpadded pool of this exact kind (the fast paths above)."""
+    return (type(m) is kind and m.kernel_size in (2, (2, 2)) and m.stride in (2, (2, 2))
+            and m.padding in (0, (0, 0)) and x.shape[2] >= 2 and x.shape[3] >= 2
+            and isinstance(x, np.ndarray))
+
+
+class VGGFeatures(nn.Module):
+    """VGG-16 or VGG-19 convolutional layers up to ``last`` (a name such as "relu5_1").
+
+    ``features`` is the cnnlab Sequential (torchvision indices), frozen; ``names`` its
+    layer names. Random weights by default (He-normal, zero bias, see :meth:`randomize`);
+    :func:`cnnlab.style.weights.load_vgg_weights` supplies published ones.
+    """
+
+    def __init__(self, model="vgg19", last="relu5_1", pooling="max", rng=None):
+        super().__init__()
+        names = check_layers(model, [last])
+        if pooling not in ("max", "avg"):
+            raise CnnlabError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+        depth = names.index(last) + 1
+        rng = rng if rng is not None else np.random.default_rng()
+        full = make_features(CONFIGS[model][: self._cfg_length(model, depth)], False, 3, pooling, rng)
+        self.features = nn.Sequential(OrderedDict((str(i), m) for i, m in enumerate(full) if i < depth))
+        self.features.freeze()
+        self.features.eval()
+        self.model, self.pooling = model, pooling
+        self.names = names[:depth]
+        self._tape = None
+
+    @staticmethod
+    def _cfg_length(model, depth):
+        """Entries of CONFIGS[model] needed to build ``depth`` layers (a conv is conv + relu)."""
+        built = 0
+        for i, v in enumerate(CONFIGS[model]):
+            built += 1 if v == "M" else 2
+            if built >= depth:
+                return i + 1
+        return len(CONFIGS[model])
+
+    def convs(self):
+        """(index, Conv2d) of the trunk in order."""
+        return [(int(i), m) for i, m in self.features.named_children() if isinstance(m, nn.Conv2d)]
+
+    def randomize(self, rng, calibration=None, rms=1.0):
+        """Untrained weights for style (He, Wang & Hopcroft 2016 use untrained VGGs).
+
+        W ~ N(0, 2 / fan_in) (He-normal, drawn from ``rng``; with None the weights cnnlab's
+        Conv2d started with, which are He-normal), b = 0. He-normal keeps the mean square of the ReLU
+        activations roughly constant from layer to layer, but max pooling raises it at every
+        block, so with ``calibration`` (a (1, 3, H, W) network input) each conv is then
+        rescaled, first to last, so that its ReLU output has root-mean-square ``rms`` on
+        that image (a data-dependent initialisation, as LSUV, Mishkin & Matas 2016). With
+        zero biases the network is positively homogeneous, so ``rms`` sets the balance of the
+        losses: content scales as rms^2, style as rms^4.
+        """
+        for _, m in (self.convs() if rng is not None else ()):
+            fan_in = m.weight.data[0].size
+            m.weight.data = (rng.standard_normal(m.weight.data.shape) * np.sqrt(2.0 / fan_in)
+                             ).astype(m.weight.data.dtype)
+            if m.bias is not None:
+                m.bias.data = np.zeros_like(m.bias.data)
+        if calibration is not None:
+            x = np.asarray(calibration, dtype=np.float32)
+            with default_algo("im2col"):          # one small pass: not worth auto-tuning
+                self._calibrate(x, rms)
+        return self
+
+    def _calibrate(self, x, rms):
+        for m in self.features:
+            if isinstance(m, nn.Conv2d):
+                y = m.forward(x)
+                m._cache = None
+                scale = rms / max(float(np.sqrt(np.mean(np.maximum(y, 0) ** 2))), 1e-12)
+                m.weight.data *= np.float32(scale)
+                if m.bias is not None:
+                    m.bias.data *= np.float32(scale)
+                x = y * np.float32(scale)
+            else:
+                x = m.forward(x)
+                m._cache = None
+
+    # ------------------------------------------------------------------ the style pass
+    def forward(self, x, keep=(), record=True):
+        """x (N, 3, H, W) -> {name: activation} for the names in ``keep``.
+
+        With ``record`` it keeps what :meth:`backward` needs (and nothing else); without,
+        it keeps nothing (capturing targets). A kept activation is the array the next layer
+        also read; do not modify it.
+        """
+        keep = set(keep)
+        self._tape = None
+        tape, out = ([] if record else _NoTape()), {}
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise CnnlabError(f"VGG expects an image batch (N, 3, H, W), got {tuple(x.shape)}")
+        prev_kept = True                     # the caller's x is not ours to modify
+        mods = list(self.features)
+        for i, (name, m) in enumerate(zip(self.names, mods)):
+            if isinstance(m, nn.Conv2d):
+                w = m.weight.data
+                g = ConvGeometry.of(x.shape, w.shape, m.stride, m.padding, m.dilation, m.groups)
+                y = select(g, "forward", m.algo, x.dtype).forward(x, w, g)
+                if m.bias is not None:
+                    y += m.bias.data.reshape(1, -1, 1, 1)
+                tape.append(("conv", m, g))
+            elif isinstance(m, nn.ReLU):
+                y = x.copy() if prev_kept else x
+                if (name not in keep and i + 1 < len(mods) and _is_pool2(mods[i + 1], y)):
+                    # ReLU then max pool: the ReLU mask matters only where the pool routes the
+                    # gradient, i.e. at the window maxima, which are > 0 exactly where the
+                    # pooled output is; the pool applies it at a quarter of the size.
+                    np.maximum(y, 0, out=y)
+                    tape.append(("relu", None))
+                else:
+                    tape.append(("relu", _relu_inplace(y)))
+            elif _is_pool2(m, x):
+                y, cache = _maxpool2_forward(x)
+                if tape and tape[-1][0] == "relu" and tape[-1][1] is None:
+                    cache = cache + (y > 0,)
+                tape.append(("pool", _maxpool2_backward, cache))
+            elif _is_pool2(m, x, nn.AvgPool2d) and m.count_include_pad:
+                y, cache = _avgpool2_forward(x)
+                tape.append(("pool", _avgpool2_backward, cache))
+            elif isinstance(m, nn.AvgPool2d):
+                y, cache = F.avg_pool_forward(x, m.kernel_size, m.stride, m.padding, m.count_include_pad)
+                tape.append(("pool", F.avg_pool_backward, cache))
+            elif isinstance(m, nn.MaxPool2d):
+                y, cache = F.max_pool_forward(x, m.kernel_size, m.stride, m.padding)
+                tape.append(("pool", F.max_pool_backward, cache))
+            else:  # pragma: no cover - make_features builds only the kinds above
+                raise CnnlabError(f"style VGG cannot run layer {name} ({type(m).__name__})")
+            prev_kept = name in keep
+            if prev_kept:
+                out[name] = y
+            x = y
+        self._tape = tape if record else None
+        return out
+
+    def backward(self, inject):
+        """Input gradient (N, 3, H, W) of a loss whose gradient with respect to layer ``name``
+        is ``inject[name]()`` (callables, evaluated when the backward pass reaches the layer,
+        so each loss frees its cache as late as possible and its gradient as early)."""
+        if self._tape is None:
+            raise CnnlabError("VGGFeatures.backward called before forward")
+        tape, self._tape = self._tape, None
+        g = None
+        for i in range(len(tape) - 1, -1, -1):
+            name = self.names[i]
+            if name in inject:
+                extra = inject[name]()
+                if g is None:
+                    g = extra
+                else:
+                    g += extra
+            entry = tape.pop()
+            if g is None:
+                continue                     # nothing above this layer feeds a loss
+            kind = entry[0]
+            if kind == "relu":
+                if entry[1] is not None:     # None: applied by the max pool above
+                    np.multiply(g, entry[1], out=g)
+            elif kind == "conv":
+                _, m, geom = entry
+                g = select(geom, "backward_data", m.algo, g.dtype).backward_data(g, m.weight.data, geom)
+            else:
+                g = entry[1](g, entry[2])
+        if g is None:
+            raise CnnlabError("no loss is attached to any layer of the style network")
+        return g
