@@ -15,6 +15,7 @@ import argparse
 import re
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,8 @@ AUGMENTATIONS = {
     "none": ("no augmentation", lambda h, w: None),
     "shift": ("random shifts of up to 2 pixels (pad 2, random crop)", _shift),
     "shift+flip": ("random shifts and horizontal flips (not for digits)", _shift_flip),
-    "affine": ("random shifts (2 pixels), rotations (10 degrees) and stretches (10 percent)", _affine),
+    "affine": ("random shifts (2 pixels), rotations (10 degrees) and stretches (10 percent)",
+               _affine),
 }
 
 
@@ -160,24 +162,33 @@ def _add_threads_option(p) -> None:
                         "else set OPENBLAS_NUM_THREADS=N")
 
 
-def use_threads(n: int | None) -> None:
-    """Run BLAS and cnnlab's convolution pool on ``n`` threads (None: leave as configured)."""
+@contextmanager
+def threads(n: int | None):
+    """Run BLAS and cnnlab's convolution pool on ``n`` threads inside the block, and restore
+    the previous settings after it (None: leave them as they are)."""
     if n is None:
+        yield
         return
     if n < 1:
         raise CnnlabError(f"--threads must be at least 1, got {n}")
-    from ..conv import set_num_threads
-    set_num_threads(n)
+    from ..conv import get_num_threads, set_num_threads
     try:
         from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(n, user_api="blas")
+        blas = threadpool_limits(n, user_api="blas")
+    except ImportError:                      # BLAS keeps its threads (OPENBLAS_NUM_THREADS)
+        blas = nullcontext()
+    before = get_num_threads()
+    set_num_threads(n)
+    try:
+        with blas:
+            yield
+    finally:
+        set_num_threads(before)
 
 
 # -- train --------------------------------------------------------------------------------
 def train_command(args: argparse.Namespace) -> int:
-    """Run ``cnnlab train``; returns 0 (errors are raised as CnnlabError)."""
+    """Run ``cnnlab train``; returns the exit code (errors are raised as CnnlabError)."""
     use_conv_cache()
     ckpt = None
     if args.resume is not None:
@@ -190,8 +201,13 @@ def train_command(args: argparse.Namespace) -> int:
         out_dir = Path(args.out) if args.out else _default_out(settings)
         _refuse_overwrite(out_dir)
 
-    use_threads(args.threads if args.threads is not None
-                else 1 if settings["model"] in SMALL_MODELS else None)
+    n = args.threads if args.threads is not None else (
+        1 if settings["model"] in SMALL_MODELS else None)
+    with threads(n):
+        return _train(args, ckpt, settings, out_dir)
+
+
+def _train(args, ckpt, settings: dict, out_dir: Path) -> int:
     train_ds, test_ds = _load_train_test(settings["data"], settings["limit"])
     model_config = _model_config(settings, train_ds)
     model = build_model_from_config(model_config)
@@ -389,14 +405,17 @@ def _model_names() -> list[str]:
 # -- eval ---------------------------------------------------------------------------------
 def eval_command(args: argparse.Namespace) -> int:
     """Run ``cnnlab eval``: one line per checkpoint."""
-    use_threads(args.threads)
     use_conv_cache()
     if args.batch_size < 1:
         raise CnnlabError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise CnnlabError(f"--limit must be at least 1, got {args.limit}")
     for path in args.checkpoints:
-        result = evaluate_checkpoint(path, args.data, args.split, args.limit, args.batch_size)
+        ckpt = load_checkpoint(path)
+        small = (ckpt.config.get("model") or {}).get("name") in SMALL_MODELS
+        with threads(args.threads if args.threads is not None else 1 if small else None):
+            result = evaluate_checkpoint(ckpt, args.data, args.split, args.limit,
+                                         args.batch_size)
         if result["note"]:
             print(f"cnnlab: note: {result['note']}", file=sys.stderr)
         print(f"{result['checkpoint']}: {result['model']} on {result['data']} {args.split} "
@@ -407,7 +426,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def evaluate_checkpoint(path, data: str | None = None, split: str = "test",
                         limit: int | None = None, batch_size: int = 500) -> dict:
-    """Loss and accuracy of the checkpoint at ``path`` on ``data`` (default: its own)."""
+    """Loss and accuracy of the checkpoint at ``path`` (a file, a run folder or a loaded
+    Checkpoint) on ``data`` (default: the data set it was trained on)."""
     from ..data import load_dataset
     model, ckpt = build_from_checkpoint(path)
     spec = data or (ckpt.config.get("data") or {}).get("spec")
