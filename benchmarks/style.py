@@ -7,10 +7,11 @@ relu4_2, style relu1_1..relu5_1, TV; Gatys' definitions) + the L-BFGS update (hi
 Both sides use the same random VGG weights, the same shipped content and style images
 (longest side = the size) and the same targets; PyTorch runs the same losses with autograd
 and torch.optim.LBFGS (lr 1, history 100, no early stopping), cnnlab runs
-cnnlab.style's objective and L-BFGS. "s/it" is the timed seconds divided by the function
-evaluations made in them (one forward + gradient each, plus the optimiser's step):
-torch.optim.LBFGS does not evaluate its last step, cnnlab's L-BFGS does (and evaluates again
-when a step does not decrease the loss). Each (framework, size) runs in its own subprocess so
+cnnlab.style's objective and L-BFGS. "s/eval" is the timed seconds divided by the function
+evaluations made in them (one forward + gradient each, plus the optimiser's step), "s/it"
+by the iterations: torch.optim.LBFGS (no line search) makes one evaluation per iteration
+and accepts steps that raise the loss; cnnlab's evaluates again when a step does not
+decrease the loss (the "evals" column; the loss column shows where each got to). Each (framework, size) runs in its own subprocess so
 that its peak resident memory (getrusage ru_maxrss) is its own; the first evaluation
 (cnnlab's convolution auto-tuning, PyTorch's warm-up) is not timed. Times: the best of
 ``--repeat`` subprocess runs. The loss after the timed iterations is printed as a check
@@ -281,21 +282,23 @@ def main(argv=None):
           f"L-BFGS history 100; random weights")
     print(versions_line(torch, get_num_threads()))
     print(f"start: {load_line()}")
-    print(f"{'size':>5} {'iters':>5} {'evals c/t':>9} {'cnnlab s/it':>12} {'torch s/it':>11} "
-          f"{'torch/cnnlab':>13} {'cnnlab MB':>10} {'torch MB':>9} {'cnnlab loss':>12} {'torch loss':>11}")
+    print(f"{'size':>5} {'iters':>5} {'evals c/t':>9} {'cnnlab s/eval':>13} {'torch s/eval':>12} "
+          f"{'ratio':>6} {'cnnlab s/it':>11} {'torch s/it':>10} {'ratio':>6} {'cnnlab MB':>9} "
+          f"{'torch MB':>8} {'cnnlab loss':>11} {'torch loss':>10}")
     for size, n in zip(sizes, iters):
         best = {}
         for _ in range(max(1, args.repeat)):
             for fw in ("cnnlab", "torch"):
                 r = run_worker(fw, size, n, args.model)
                 r["per_iter"] = r["seconds"] / r["evals"]
-                if fw not in best or r["per_iter"] < best[fw]["per_iter"]:
+                if fw not in best or r["seconds"] < best[fw]["seconds"]:
                     peak = min(best[fw]["peak_mb"], r["peak_mb"]) if fw in best else r["peak_mb"]
                     best[fw] = {**r, "peak_mb": peak}
         c, t = best["cnnlab"], best["torch"]
-        print(f"{size:>5} {n:>5} {c['evals']:>4}/{t['evals']:<4} {c['per_iter']:>12.3f} {t['per_iter']:>11.3f} "
-              f"{t['per_iter'] / c['per_iter']:>13.2f} {c['peak_mb']:>10.0f} {t['peak_mb']:>9.0f} "
-              f"{c['loss']:>12.4g} {t['loss']:>11.4g}", flush=True)
+        ci, ti = c["seconds"] / n, t["seconds"] / n
+        print(f"{size:>5} {n:>5} {c['evals']:>4}/{t['evals']:<4} {c['per_iter']:>13.3f} {t['per_iter']:>12.3f} "
+              f"{t['per_iter'] / c['per_iter']:>6.2f} {ci:>11.3f} {ti:>10.3f} {ti / ci:>6.2f} "
+              f"{c['peak_mb']:>9.0f} {t['peak_mb']:>8.0f} {c['loss']:>11.4g} {t['loss']:>10.4g}", flush=True)
     print(f"end: {load_line()}")
     return 0
 
