@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from cnnlab.conv.chooser import cpu_model
+
 
 CLOCK = time.perf_counter  # use_cpu_clock() switches to the calling thread's CPU time
 
@@ -89,19 +91,10 @@ def versions_line(torch_module=None, threads: int | None = None) -> str:
         parts.append(f"torch {torch_module.__version__} ({torch_module.get_num_threads()} threads)")
     if threads is not None:
         parts.append(f"cnnlab conv threads {threads}")
-    parts.append(_cpu_name())
+    parts.append(cpu_model())
     return ", ".join(parts)
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sgemm_rate(n: int = 2048, repeat: int = 3) -> float:

@@ -38,6 +38,12 @@ class ConvAlgorithm:
     def workspace_bytes(self, g, pass_: str, itemsize: int) -> int:  # noqa: ARG002
         return 0
 
+    @staticmethod
+    def _groups(g):
+        """Per group: (input channel start, end, output channel start, end)."""
+        og, cg = g.o // g.groups, g.c // g.groups
+        return [(i * cg, (i + 1) * cg, i * og, (i + 1) * og) for i in range(g.groups)]
+
     def run(self, pass_: str, a, b, g):
         """Dispatch by pass name: (x, w) for forward, (dy, w) / (dy, x) for the gradients."""
         return getattr(self, pass_)(a, b, g)

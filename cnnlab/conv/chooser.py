@@ -99,7 +99,8 @@ def cache_key(g, pass_: str, dtype, workspace_limit) -> str:
             f"d{g.dilation[0]}x{g.dilation[1]} g{g.groups}|ws{workspace_limit}")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -133,7 +134,7 @@ def machine_fingerprint() -> tuple[str, str]:
     import scipy
 
     from .. import __version__
-    desc = (f"{_cpu_model()} | {platform.machine()} | {os.cpu_count()} cpus | "
+    desc = (f"{cpu_model()} | {platform.machine()} | {os.cpu_count()} cpus | "
             f"conv threads {get_num_threads()} | numpy {np.__version__} | "
             f"scipy {scipy.__version__} | cnnlab {__version__} | {blas_description()} | "
             f"algos {','.join(sorted(ALGORITHMS))}")

@@ -124,9 +124,6 @@ class FFTConv(ConvAlgorithm):
             return f"dilation {g.dilation} (needs 1)"
         return None
 
-    def _groups(self, g):
-        og, cg = g.o // g.groups, g.c // g.groups
-        return [(i * cg, (i + 1) * cg, i * og, (i + 1) * og) for i in range(g.groups)]
 
     def forward(self, x, w, g):
         s = fft_shape(g)

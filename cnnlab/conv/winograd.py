@@ -492,10 +492,6 @@ class Winograd(ConvAlgorithm):
             return f"dilation {g.dilation} (needs 1)"
         return None
 
-    # Each pass loops over groups; a group's channels are views, never copies.
-    def _groups(self, g):
-        og, cg = g.o // g.groups, g.c // g.groups
-        return [(i * cg, (i + 1) * cg, i * og, (i + 1) * og) for i in range(g.groups)]
 
     def forward(self, x, w, g):
         y = np.empty(g.y_shape, dtype=np.result_type(x, w))
