@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import ShapeError
 
 
 def pair(v, name: str) -> tuple[int, int]:
     """Normalise an int or a 2-sequence to a pair of non-negative ints."""
-    if isinstance(v, int):
-        t = (v, v)
+    if isinstance(v, (int, np.integer)):
+        t = (int(v), int(v))
     else:
         try:
             t = tuple(int(a) for a in v)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from ..conv.geometry import pair as _pair
 from ..errors import ShapeError
 
 
@@ -27,15 +28,7 @@ def check_image(image, name: str = "image") -> np.ndarray:
 
 def size_pair(size, name: str = "size") -> tuple[int, int]:
     """Normalise an int or an (h, w) pair to a pair of positive ints."""
-    if isinstance(size, (int, np.integer)):
-        pair = (int(size), int(size))
-    else:
-        try:
-            pair = tuple(int(s) for s in size)
-        except TypeError:
-            raise ValueError(f"{name} must be an int or an (height, width) pair, got {size!r}") from None
-        if len(pair) != 2:
-            raise ValueError(f"{name} must be an int or an (height, width) pair, got {size!r}")
+    pair = _pair(size, name)
     if min(pair) < 1:
         raise ValueError(f"{name} must be positive, got {size!r}")
     return pair
