@@ -18,6 +18,7 @@ from .errors import CnnlabError
 #: the modules whose ``register(subparsers)`` add sub-commands, in --help order
 COMMAND_MODULES = (
     "cnnlab.train.commands",
+    "cnnlab.train.tricks_commands",
     "cnnlab.data.commands",
     "cnnlab.data.pack_commands",
     "cnnlab.conv.commands",
@@ -25,6 +26,18 @@ COMMAND_MODULES = (
     "cnnlab.transfer.commands",
     "cnnlab.style.commands",
 )
+
+
+def experiment_subparsers(subparsers):
+    """The sub-parsers of ``cnnlab experiment NAME``, creating ``experiment`` on first use
+    (several areas add their experiments there)."""
+    exp = subparsers.choices.get("experiment")
+    if exp is None:
+        exp = subparsers.add_parser("experiment", help="reproducible experiments from the docs")
+        inner = exp.add_subparsers(dest="experiment", metavar="NAME")
+        inner.required = True
+        return inner
+    return next(a for a in exp._actions if isinstance(a, argparse._SubParsersAction))
 
 
 class _Parser(argparse.ArgumentParser):

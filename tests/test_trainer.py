@@ -82,8 +82,32 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, digits):
     oa, ob = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
     assert all(np.array_equal(oa[k], ob[k]) for k in oa)
     assert straight.rng.bit_generator.state == resumed.rng.bit_generator.state
-    strip = lambda h: [{k: v for k, v in e.items() if "seconds" not in k} for e in h]  # noqa: E731
+    timing = ("seconds", "wait")
+    strip = lambda h: [{k: v for k, v in e.items() if not any(t in k for t in timing)}  # noqa: E731
+                       for e in h]
     assert strip(straight.history) == strip(resumed.history)
+
+
+class SlowIdentity:
+    """A transform that takes 3 ms per image and changes nothing."""
+
+    def __call__(self, image, rng):
+        import time
+        time.sleep(0.003)
+        return image
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_epoch_records_the_time_spent_waiting_for_data(digits, workers):
+    model = tiny_net()
+    trainer = Trainer(model, optimizer=Adam(model.parameters(), 0.01), batch_size=32, epochs=1,
+                      progress=False, log=None, transform=SlowIdentity(), num_workers=workers)
+    record = trainer.fit(digits[0])["epochs"][0]
+    assert 0 <= record["data_wait_seconds"] <= record["train_seconds"]
+    assert record["data_wait_fraction"] == pytest.approx(
+        record["data_wait_seconds"] / record["train_seconds"], abs=0.01)
+    if workers == 0:          # inline: the 300 sleeps of 3 ms are all waiting
+        assert record["data_wait_seconds"] >= 0.9
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits):

@@ -116,6 +116,21 @@ class ArrayDataset:
         return v.reshape(1, -1, 1, 1)
 
 
+def sample_per_class(labels, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` samples of each class 0..max(labels), drawn without
+    replacement by ``numpy.random.default_rng(seed)``; a class with fewer than ``n``
+    samples is an error."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(int(labels.max()) + 1 if labels.size else 0):
+        pool = np.flatnonzero(labels == c)
+        if len(pool) < n:
+            raise CnnlabError(f"class {c} has {len(pool)} samples, fewer than the {n} asked for")
+        rows.append(rng.choice(pool, n, replace=False))
+    return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+
+
 def stratified_split(labels, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed stratified split -> (train_idx, test_idx), both int64 and sorted ascending.
 

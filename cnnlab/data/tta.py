@@ -2,7 +2,9 @@
 
 Crops as in Krizhevsky et al. 2012 (ten crops) and He et al. 2016 (ten crops at
 several scales). An image is (H, W) or (H, W, C), uint8 or float; crops come back
-stacked as (K, h, w[, C]) in the image's dtype.
+stacked as (K, h, w[, C]) in the image's dtype. The ``*_batch`` functions do the same
+for a stack of equally sized images (N, H, W[, C]) at once, without a Python loop over
+the images; :mod:`cnnlab.train.evaluation` uses them to evaluate models with TTA.
 """
 from __future__ import annotations
 
@@ -28,9 +30,70 @@ def ten_crop(image, size) -> np.ndarray:
     """The four corner crops and the centre crop of ``size``, then the same five of the
     horizontally flipped image: (10, h, w[, C])."""
     image = check_image(image)
+    return ten_crop_batch(image[None], size)[0]
+
+
+def ten_crop_batch(images, size) -> np.ndarray:
+    """:func:`ten_crop` of every image of a stack: (N, H, W[, C]) -> (N, 10, h, w[, C]).
+
+    crops[n, k] for k < 5 is images[n] at window k of :func:`ten_crop_positions`
+    (top-left, top-right, bottom-left, bottom-right, centre); crops[n, k + 5] is
+    crops[n, k] flipped left-right (= the same window of the flipped image, mirrored).
+    """
+    images = _check_batch(images)
     h, w = size_pair(size)
-    crops = [crop(image, top, left, h, w) for top, left in ten_crop_positions(*image.shape[:2], (h, w))]
-    return np.stack(crops + [c[:, ::-1] for c in crops])
+    windows = [images[:, top:top + h, left:left + w]
+               for top, left in ten_crop_positions(*images.shape[1:3], (h, w))]
+    five = np.stack(windows, axis=1)                       # (N, 5, h, w[, C])
+    return np.concatenate([five, five[:, :, :, ::-1]], axis=1)
+
+
+def pad_batch(images, pad: int) -> np.ndarray:
+    """Zero-pad every image of (N, H, W[, C]) by ``pad`` pixels on each side:
+    (N, H + 2 pad, W + 2 pad[, C]) — the padding of ``RandomCrop(padding=pad)``."""
+    images = _check_batch(images)
+    pad = int(pad)
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    if pad == 0:
+        return images
+    widths = [(0, 0), (pad, pad), (pad, pad)] + [(0, 0)] * (images.ndim - 3)
+    return np.pad(images, widths, mode="constant")
+
+
+def center_crop_batch(images, size) -> np.ndarray:
+    """The central ``size`` window of every image: (N, H, W[, C]) -> (N, h, w[, C]);
+    the window of :func:`ten_crop_positions` number 4."""
+    images = _check_batch(images)
+    h, w = size_pair(size)
+    top, left = ten_crop_positions(*images.shape[1:3], (h, w))[4]
+    return images[:, top:top + h, left:left + w]
+
+
+def resize_short_side_batch(images, short: int) -> np.ndarray:
+    """:func:`~cnnlab.data.imageops.resize_short_side` of every image (they keep a common
+    size): (N, H, W[, C]) -> (N, H', W'[, C]) with min(H', W') = ``short``."""
+    images = _check_batch(images)
+    if min(images.shape[1:3]) == int(short):
+        return images
+    return np.stack([resize_short_side(image, short) for image in images])
+
+
+def default_scales(input_size: int) -> tuple[int, ...]:
+    """The multi-scale protocol of He et al. 2016 scaled to a model's input side: short
+    sides round(input_size * s / 224) for s in (224, 256, 384, 480, 640), halves rounded
+    up. For a 224 model exactly (224, 256, 384, 480, 640); for 28: (28, 32, 48, 60, 80)."""
+    input_size = int(input_size)
+    if input_size < 1:
+        raise ValueError(f"input_size must be positive, got {input_size}")
+    return tuple(int(np.floor(input_size * s / 224 + 0.5)) for s in DEFAULT_SCALES)
+
+
+def _check_batch(images) -> np.ndarray:
+    a = np.asarray(images)
+    if a.ndim not in (3, 4) or 0 in a.shape[1:3]:
+        raise ShapeError(f"expected a stack of images (N, H, W) or (N, H, W, C), got {a.shape}")
+    return a
 
 
 def multiscale_ten_crop(image, scales=DEFAULT_SCALES, size=224) -> np.ndarray:

@@ -18,7 +18,7 @@ from .inception import InceptionBlock, inception_net
 from .nin import nin as nin_net
 from .resnet import DEPTHS as RESNET_DEPTHS
 from .resnet import ResNet
-from .small import lenet, seed_net, small_vgg
+from .small import lenet, lenet_dropconnect, lenet_dropout, lenet_plain, seed_net, small_vgg
 from .vgg import CONFIGS as VGG_CONFIGS
 from .vgg import VGG
 
@@ -95,6 +95,10 @@ def _small(fn):
 
 for _name, _fn, _desc in (("seed_net", seed_net, "the seed's 3-layer net"),
                           ("lenet", lenet, "LeNet-5 style, 16/32 filters"),
+                          ("lenet_plain", lenet_plain, "LeNet without dropout"),
+                          ("lenet_dropout", lenet_dropout, "LeNet, dropout 0.5 after fc1"),
+                          ("lenet_dropconnect", lenet_dropconnect,
+                           "LeNet, DropConnect 0.5 on fc2 instead of dropout"),
                           ("small_vgg", small_vgg, "VGG-style with batch norm, 32/64 channels"),
                           ("nin", nin_net, "Network in Network (mlpconv + global average pool)"),
                           ("inception_net", inception_net,

@@ -6,6 +6,8 @@ seed_net   the seed's exact architecture ("CNN in Practice", naive NumPy CNN on 
 lenet      LeNet-5 style: conv5x5(6, pad 2) -> ReLU -> pool -> conv5x5(16) -> ReLU -> pool
            -> FC 120 -> ReLU -> FC 84 -> ReLU -> FC 10, with ReLU and max pooling instead of
            tanh/subsampling; a little wider (16/32 filters) and with dropout before the classifier
+           (variants: lenet_plain without it, lenet_dropout at p = 0.5, lenet_dropconnect with
+           DropConnect p = 0.5 on fc2 instead)
 small_vgg  VGG-style: [conv3x3 -> BN -> ReLU] x2 -> pool, twice (32 then 64 channels), then
            FC 256 -> BN -> ReLU -> dropout 0.5 -> FC 10; dropout 0.25 after each pooling
 """
@@ -29,8 +31,15 @@ def seed_net(in_channels=1, num_classes=10, input_size=28, rng=None):
     )
 
 
-def lenet(in_channels=1, num_classes=10, input_size=28, rng=None):
+def lenet(in_channels=1, num_classes=10, input_size=28, rng=None, dropout=0.3, dropconnect=0.0):
+    """LeNet (see the module docstring). ``dropout``: the probability of the dropout layer
+    after fc1 (0: the layer is left out); ``dropconnect`` > 0 makes fc2 a
+    :class:`~cnnlab.nn.DropConnectLinear` that drops each weight with that probability
+    (the names and shapes of the parameters do not change)."""
     side = ((input_size // 2) - 4) // 2
+    fc2 = (nn.DropConnectLinear(120, 84, p=dropconnect, rng=rng) if dropconnect > 0
+           else nn.Linear(120, 84, rng=rng))
+    regularizer = [nn.Dropout(dropout, rng=rng)] if dropout > 0 else [nn.Identity()]
     return nn.Sequential(
         nn.Conv2d(in_channels, 16, 5, padding=2, rng=rng),
         nn.ReLU(),
@@ -41,8 +50,8 @@ def lenet(in_channels=1, num_classes=10, input_size=28, rng=None):
         nn.Flatten(),
         nn.Linear(32 * side * side, 120, rng=rng),
         nn.ReLU(),
-        nn.Dropout(0.3, rng=rng),
-        nn.Linear(120, 84, rng=rng),
+        *regularizer,
+        fc2,
         nn.ReLU(),
         nn.Linear(84, num_classes, rng=rng),
     )
@@ -61,7 +70,24 @@ def small_vgg(in_channels=1, num_classes=10, input_size=28, rng=None, widths=(32
     return nn.Sequential(*layers)
 
 
-MODELS = {"lenet": lenet, "seed_net": seed_net, "small_vgg": small_vgg}
+def lenet_dropconnect(in_channels=1, num_classes=10, input_size=28, rng=None):
+    """LeNet with DropConnect (p = 0.5) on fc2 instead of dropout after fc1."""
+    return lenet(in_channels, num_classes, input_size, rng, dropout=0.0, dropconnect=0.5)
+
+
+def lenet_dropout(in_channels=1, num_classes=10, input_size=28, rng=None):
+    """LeNet with dropout p = 0.5 (instead of 0.3) after fc1."""
+    return lenet(in_channels, num_classes, input_size, rng, dropout=0.5)
+
+
+def lenet_plain(in_channels=1, num_classes=10, input_size=28, rng=None):
+    """LeNet without dropout or DropConnect."""
+    return lenet(in_channels, num_classes, input_size, rng, dropout=0.0)
+
+
+MODELS = {"lenet": lenet, "seed_net": seed_net, "small_vgg": small_vgg,
+          "lenet_plain": lenet_plain, "lenet_dropout": lenet_dropout,
+          "lenet_dropconnect": lenet_dropconnect}
 
 
 def build_model(name: str, in_channels=1, num_classes=10, input_size=28, seed=0):

@@ -3,6 +3,12 @@
     cnnlab train [--model lenet] [--data mnist-5k] [--epochs N] [--batch-size B]
                  [--optimizer adam] [--lr LR] [--seed S] [--out DIR] [--resume [RUN]] ...
     cnnlab eval CHECKPOINT [CHECKPOINT ...] [--data SPEC] [--split test]
+                [--tta none|10crop|multiscale] [--tta-pad P] [--scales S [S ...]] [--no-flips]
+                [--json FILE]
+
+``cnnlab eval`` with several checkpoints also reports their ensemble (the mean of their
+class probabilities); the probabilities, TTA and ensembles are in
+:mod:`cnnlab.train.evaluation`.
 
 ``register(subparsers)`` adds both. Handlers return an exit code and let
 :class:`~cnnlab.errors.CnnlabError` reach the CLI, which prints it as one line.
@@ -23,6 +29,7 @@ import numpy as np
 from ..errors import CnnlabError
 from ..optim import OPTIMIZERS, make_optimizer, make_schedule
 from .checkpoint import build_from_checkpoint, build_model_from_config, load_checkpoint
+from .evaluation import DEFAULT_PAD, TTA_MODES, accuracy, ensemble_proba, nll, predict_proba
 from .trainer import Trainer
 
 #: the defaults of ``cnnlab train`` (recorded in every checkpoint's config)
@@ -34,7 +41,7 @@ DEFAULTS = {"model": "lenet", "data": "mnist-5k", "epochs": 25, "batch_size": 64
 MODEL_DEFAULTS = {"seed_net": {"lr": 0.01, "augment": "none"}}
 #: models whose matrix products are too small to gain from several threads: they run on one
 #: (on a 2-core machine with another busy job, 2 BLAS threads made LeNet 4x slower)
-SMALL_MODELS = ("lenet", "seed_net")
+SMALL_MODELS = ("lenet", "lenet_plain", "lenet_dropout", "lenet_dropconnect", "seed_net")
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -134,13 +141,17 @@ def _register_train(subparsers) -> None:
 
 def _register_eval(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="loss and accuracy of trained checkpoints on a data set",
+        "eval", help="loss and accuracy of trained checkpoints (with TTA, ensembles) on a data set",
         description="Rebuild the network each checkpoint holds (architecture, weights and "
                     "input normalisation come from the file) and report its loss and "
-                    "accuracy on a data set split.")
+                    "accuracy on a data set split. With --tta, the softmax is averaged over "
+                    "test-time crops of each image and the loss is the negative "
+                    "log-likelihood of the averaged probabilities. With several checkpoints, "
+                    "a last line reports their ensemble: the mean of their probabilities.")
     p.add_argument("checkpoints", metavar="CHECKPOINT", nargs="+",
                    help="a checkpoint (.npz or .safetensors written by `cnnlab train`) or a run "
-                        "folder (its last.npz); several are evaluated one after another")
+                        "folder (its last.npz); several are evaluated one after another, then "
+                        "as an ensemble (they must predict the same classes)")
     p.add_argument("--data", metavar="SPEC", default=None,
                    help="data set to evaluate on (default: the one the checkpoint was trained on)")
     p.add_argument("--split", choices=("test", "train"), default="test",
@@ -148,7 +159,23 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--limit", type=int, metavar="N", default=None,
                    help="evaluate on N images only, a fixed random subset")
     p.add_argument("--batch-size", type=int, metavar="B", default=500,
-                   help="images per forward pass (default 500); does not change the results")
+                   help="images per forward pass (default 500; with --tta: crops per pass); "
+                        "does not change the results")
+    p.add_argument("--tta", choices=TTA_MODES, default="none",
+                   help="test-time augmentation: none (default); 10crop: the 4 corner crops, "
+                        "the centre crop and their mirror images (images the model's size are "
+                        "padded by --tta-pad first); multiscale: 10 crops at each of --scales")
+    p.add_argument("--tta-pad", type=int, metavar="P", default=None,
+                   help=f"zero padding per side before the 10 crops of an image as large as the "
+                        f"model input (default {DEFAULT_PAD}: the shift of --augment shift)")
+    p.add_argument("--scales", type=int, metavar="S", nargs="+", default=None,
+                   help="short sides for --tta multiscale, each >= the model input (default: "
+                        "224, 256, 384, 480, 640 scaled by input/224, e.g. 28 32 48 60 80)")
+    p.add_argument("--no-flips", dest="flips", action="store_false",
+                   help="with --tta: leave out the mirrored crops (5 per scale instead of 10), "
+                        "for classes a left-right flip changes, such as digits")
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help="also write every result (per checkpoint and ensemble) to FILE as JSON")
     _add_threads_option(p)
     p.set_defaults(func=eval_command)
 
@@ -156,7 +183,7 @@ def _register_eval(subparsers) -> None:
 def _add_threads_option(p) -> None:
     p.add_argument("--threads", type=int, metavar="N", default=None,
                    help="CPU threads for BLAS and the convolution algorithms (default: 1 for "
-                        f"{' and '.join(SMALL_MODELS)}, whose products are too small to split, "
+                        f"{', '.join(SMALL_MODELS)}, whose products are too small to split, "
                         "else all cores); on a machine other jobs keep busy, fewer threads "
                         "can be several times faster. Limiting BLAS needs threadpoolctl, "
                         "else set OPENBLAS_NUM_THREADS=N")
@@ -404,30 +431,147 @@ def _model_names() -> list[str]:
 
 # -- eval ---------------------------------------------------------------------------------
 def eval_command(args: argparse.Namespace) -> int:
-    """Run ``cnnlab eval``: one line per checkpoint."""
+    """Run ``cnnlab eval``: one line per checkpoint, then one for their ensemble when two or
+    more different checkpoint files are given."""
     use_conv_cache()
+    _check_eval_options(args)
+    ckpts = [load_checkpoint(path) for path in args.checkpoints]
+    members = _distinct(ckpts)              # a file given twice (file and run folder) counts once
+    ensemble = len(members) > 1
+    if ensemble:
+        check_ensemble([ckpts[i] for i in members], args.data)
+        if len(members) < len(ckpts):
+            print("cnnlab: note: a checkpoint is given more than once; the ensemble counts it "
+                  "once", file=sys.stderr)
+    results = []
+    for ckpt in ckpts:
+        small = (ckpt.config.get("model") or {}).get("name") in SMALL_MODELS
+        with threads(args.threads if args.threads is not None else 1 if small else None):
+            result = evaluate_checkpoint(ckpt, args.data, args.split, args.limit,
+                                         args.batch_size, tta=args.tta, pad=args.tta_pad,
+                                         scales=args.scales, flips=args.flips,
+                                         return_proba=ensemble)
+        if result["note"]:
+            print(f"cnnlab: note: {result['note']}", file=sys.stderr)
+        print(f"{result['checkpoint']}: {result['model']} on {result['data']} {args.split} "
+              f"({result['images']:,} images{_tta_text(result)}): loss {result['loss']:.4f}, "
+              f"accuracy {result['acc']:.2%}")
+        results.append(result)
+    summary = ensemble_result([results[i] for i in members]) if ensemble else None
+    if summary:
+        print(f"ensemble of {summary['models']} models: {summary['data']} {args.split} "
+              f"({summary['images']:,} images{_tta_text(summary)}): loss {summary['loss']:.4f}, "
+              f"accuracy {summary['acc']:.2%} (best single {summary['best_single_acc']:.2%}, "
+              f"mean single {summary['mean_single_acc']:.2%})")
+    if args.json:
+        _write_eval_json(args, results, summary)
+    return 0
+
+
+def _distinct(ckpts) -> list[int]:
+    """Indices of the first occurrence of each checkpoint file."""
+    seen, keep = set(), []
+    for i, c in enumerate(ckpts):
+        key = Path(c.path).resolve()
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return keep
+
+
+def _check_eval_options(args) -> None:
     if args.batch_size < 1:
         raise CnnlabError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise CnnlabError(f"--limit must be at least 1, got {args.limit}")
-    for path in args.checkpoints:
-        ckpt = load_checkpoint(path)
-        small = (ckpt.config.get("model") or {}).get("name") in SMALL_MODELS
-        with threads(args.threads if args.threads is not None else 1 if small else None):
-            result = evaluate_checkpoint(ckpt, args.data, args.split, args.limit,
-                                         args.batch_size)
-        if result["note"]:
-            print(f"cnnlab: note: {result['note']}", file=sys.stderr)
-        print(f"{result['checkpoint']}: {result['model']} on {result['data']} {args.split} "
-              f"({result['images']:,} images): loss {result['loss']:.4f}, accuracy "
-              f"{result['acc']:.2%}")
-    return 0
+    if args.tta_pad is not None:
+        if args.tta == "none":
+            raise CnnlabError("--tta-pad applies to --tta 10crop or multiscale; add one of them")
+        if args.tta_pad < 0:
+            raise CnnlabError(f"--tta-pad must be >= 0, got {args.tta_pad}")
+    if args.scales is not None and args.tta != "multiscale":
+        raise CnnlabError("--scales applies to --tta multiscale only; add --tta multiscale")
+    if not args.flips and args.tta == "none":
+        raise CnnlabError("--no-flips applies to --tta 10crop or multiscale; add one of them")
+
+
+def check_ensemble(ckpts, data: str | None = None) -> None:
+    """Raise CnnlabError unless the checkpoints can be averaged: they predict the same number
+    of classes and (without ``data``) were trained on the same data set."""
+    counts = [(c.config.get("model") or {}).get("num_classes") for c in ckpts]
+    if len(set(counts)) > 1:
+        listed = ", ".join(f"{c.path} {k}" for c, k in zip(ckpts, counts))
+        raise CnnlabError(f"an ensemble averages class probabilities, so its checkpoints must "
+                          f"predict the same number of classes; got {listed}")
+    if data is None:
+        specs = [(c.config.get("data") or {}).get("spec") for c in ckpts]
+        if len(set(specs)) > 1:
+            listed = ", ".join(f"{c.path} on {s}" for c, s in zip(ckpts, specs))
+            raise CnnlabError(f"an ensemble is evaluated on one data set, but the checkpoints "
+                              f"were trained on different ones ({listed}); give --data SPEC")
+
+
+def ensemble_result(results: list[dict]) -> dict:
+    """The ensemble of evaluated checkpoints (each result with "proba" and "labels"): loss
+    (NLL of the mean probabilities), accuracy, and the best and mean single accuracies."""
+    labels = results[0]["labels"]
+    for r in results[1:]:
+        if r["images"] != results[0]["images"] or not np.array_equal(r["labels"], labels):
+            raise CnnlabError(f"{r['checkpoint']} was evaluated on other images than "
+                              f"{results[0]['checkpoint']}; give --data SPEC")
+    proba = ensemble_proba([r["proba"] for r in results])
+    singles = [r["acc"] for r in results]
+    first = results[0]
+    return {"models": len(results), "checkpoints": [str(r["checkpoint"]) for r in results],
+            "data": first["data"], "split": first["split"], "images": first["images"],
+            "tta": first["tta"], "flips": first["flips"],
+            "scales": first["scales"] if all(r["scales"] == first["scales"] for r in results)
+            else None,
+            "loss": nll(proba, labels), "acc": accuracy(proba, labels),
+            "best_single_acc": max(singles), "mean_single_acc": float(np.mean(singles))}
+
+
+def _tta_text(result: dict) -> str:
+    if result.get("tta", "none") == "none":
+        return ""
+    text = f", {result['tta']} TTA" + ("" if result.get("flips", True) else " without mirrors")
+    if result.get("scales"):
+        text += " at scales " + "/".join(str(s) for s in result["scales"])
+    return text
+
+
+def _write_eval_json(args, results: list[dict], summary: dict | None) -> None:
+    import json
+
+    from ..io.atomic import atomic_write
+    drop = ("proba", "labels")
+    data = {"split": args.split, "limit": args.limit, "tta": args.tta, "flips": args.flips,
+            "checkpoints": [{k: (str(v) if k == "checkpoint" else v) for k, v in r.items()
+                             if k not in drop} for r in results],
+            "ensemble": summary}
+    path = Path(args.json)
+    if path.parent and not path.parent.is_dir():
+        raise CnnlabError(f"cannot write --json {path}: folder {path.parent} does not exist")
+    with atomic_write(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
 
 
 def evaluate_checkpoint(path, data: str | None = None, split: str = "test",
-                        limit: int | None = None, batch_size: int = 500) -> dict:
+                        limit: int | None = None, batch_size: int = 500, *,
+                        tta: str = "none", pad: int | None = None, scales=None,
+                        flips: bool = True, return_proba: bool = False) -> dict:
     """Loss and accuracy of the checkpoint at ``path`` (a file, a run folder or a loaded
-    Checkpoint) on ``data`` (default: the data set it was trained on)."""
+    Checkpoint) on ``data`` (default: the data set it was trained on).
+
+    Returns {"checkpoint", "model", "data", "split", "images", "loss", "acc", "note", "tta",
+    "pad", "scales", "flips"}. With tta "none" and not ``return_proba``, loss and accuracy come
+    from :meth:`Trainer.evaluate` (mean cross-entropy, float32). Otherwise the probabilities
+    come from :func:`~cnnlab.train.evaluation.predict_proba` with ``tta``, ``pad``, ``scales``
+    and ``flips``
+    (batch_size: crops per forward pass) and the loss is their mean negative log-likelihood
+    (float64); ``return_proba`` adds "proba" (N, classes) and "labels" (N,).
+    """
     from ..data import load_dataset
     model, ckpt = build_from_checkpoint(path)
     spec = data or (ckpt.config.get("data") or {}).get("spec")
@@ -435,29 +579,59 @@ def evaluate_checkpoint(path, data: str | None = None, split: str = "test",
         raise CnnlabError(f"{ckpt.path} does not record its data set; give --data")
     ds = load_dataset(spec, split)
     ds = limit_dataset(ds, limit)
-    check_data_fits(ckpt, ds, spec)
+    check_data_fits(ckpt, ds, spec, tta)
     norm = ckpt.info.get("normalization") or {}
-    trainer = Trainer(model, mean=norm.get("mean"), std=norm.get("std"), progress=False,
-                      eval_batch_size=batch_size, log=None)
-    loss, acc = trainer.evaluate(ds)
+    size = ckpt.config["model"]["input_size"]
+    used_pad, used_scales = None, None
+    if tta != "none":
+        from ..data.tta import default_scales
+        used_pad = DEFAULT_PAD if pad is None else int(pad)
+        if tta == "multiscale":
+            used_scales = list(scales) if scales is not None else list(default_scales(size))
+    proba = None
+    if tta == "none" and not return_proba:
+        trainer = Trainer(model, mean=norm.get("mean"), std=norm.get("std"), progress=False,
+                          eval_batch_size=batch_size, log=None)
+        loss, acc = trainer.evaluate(ds)
+    else:
+        if len(ds.labels) == 0:
+            raise CnnlabError("the evaluation set is empty")
+        model.need_input_grad = False
+        proba = predict_proba(model, ds.images, mean=norm.get("mean"), std=norm.get("std"),
+                              tta=tta, input_size=size, pad=pad, scales=scales,
+                              batch_size=batch_size, flips=flips)
+        loss, acc = nll(proba, ds.labels), accuracy(proba, ds.labels)
     trained_on = (ckpt.config.get("data") or {}).get("classes")
     note = None
     if trained_on and list(trained_on) != list(ds.classes):
         note = (f"{ckpt.path} was trained on other classes ({_few(trained_on)}) than those of "
                 f"{spec} ({_few(ds.classes)}); labels are compared by number")
-    return {"checkpoint": ckpt.path, "model": ckpt.config["model"]["name"], "data": spec,
-            "split": split, "images": len(ds), "loss": loss, "acc": acc, "note": note}
+    result = {"checkpoint": ckpt.path, "model": ckpt.config["model"]["name"], "data": spec,
+              "split": split, "images": len(ds), "loss": loss, "acc": acc, "note": note,
+              "tta": tta, "pad": used_pad, "scales": used_scales,
+              "flips": None if tta == "none" else bool(flips)}
+    if return_proba:
+        result["proba"], result["labels"] = proba, np.asarray(ds.labels)
+    return result
 
 
-def check_data_fits(ckpt, ds, spec: str) -> None:
-    """Raise CnnlabError when ``ds`` is not the kind of data ``ckpt`` was trained on."""
+def check_data_fits(ckpt, ds, spec: str, tta: str = "none") -> None:
+    """Raise CnnlabError when ``ds`` is not the kind of data ``ckpt`` was trained on.
+
+    Without TTA the images must be the model's input size; with TTA (``tta`` other than
+    "none") larger images are fine (crops are taken), smaller ones are not.
+    """
     m = ckpt.config["model"]
     h, w = ds.images.shape[1:3]
-    if ds.channels != m["in_channels"] or (h, w) != (m["input_size"], m["input_size"]):
+    s = m["input_size"]
+    same = (h, w) == (s, s)
+    if ds.channels != m["in_channels"] or not (same or (tta != "none" and min(h, w) >= s)):
+        fix = ("test-time crops cannot enlarge images: evaluate on images at least that large"
+               if tta != "none" and ds.channels == m["in_channels"]
+               else "evaluate on data like the training data")
         raise CnnlabError(
-            f"{ckpt.path} was trained on {m['in_channels']}-channel {m['input_size']}x"
-            f"{m['input_size']} images but --data {spec} has {ds.channels}-channel {h}x{w} "
-            f"images; evaluate on data like the training data")
+            f"{ckpt.path} was trained on {m['in_channels']}-channel {s}x{s} images but --data "
+            f"{spec} has {ds.channels}-channel {h}x{w} images; {fix}")
     k = m["num_classes"]
     if len(ds.classes) > k or (ds.labels.size and ds.labels.max() >= k):
         raise CnnlabError(f"{ckpt.path} predicts {m['num_classes']} classes but --data {spec} "

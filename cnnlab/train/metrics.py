@@ -4,7 +4,8 @@ metrics.json (written atomically after every epoch, and when a run stops)::
 
     {"run": {...configuration...},
      "epochs": [{"epoch": 1, "train_loss": .., "train_acc": .., "test_loss": .., "test_acc": ..,
-                 "lr": .., "train_seconds": .., "seconds": ..}, ...],
+                 "lr": .., "train_seconds": .., "seconds": .., "data_wait_seconds": ..,
+                 "data_wait_fraction": ..}, ...],
      "final": {"epoch": .., "train_loss": .., "train_acc": .., "test_loss": .., "test_acc": ..,
                "best_test_acc": .., "best_epoch": .., "seconds": ..},
      "stopped": null or "the reason training stopped early"}
@@ -14,7 +15,8 @@ train_loss / train_acc are averages over the epoch's mini-batches in training mo
 Accuracies are fractions in [0, 1]; lr is the learning rate of the epoch's last step;
 train_seconds is the wall-clock time of the training steps (batch preparation
 included), seconds that of the whole epoch with evaluation; final "seconds" is the
-run's total. Non-finite values are written as null (JSON has no NaN).
+run's total; data_wait_seconds is the part of train_seconds the training step spent
+waiting for its batch, data_wait_fraction their ratio. Non-finite values are written as null (JSON has no NaN).
 """
 from __future__ import annotations
 
@@ -93,3 +95,15 @@ def _json_safe(v):
     if isinstance(v, np.ndarray):
         return _json_safe(v.tolist())
     return v
+
+
+def mean_std(values) -> tuple[float, float]:
+    """(mean, population standard deviation) of ``values``, e.g. accuracies over seeds."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std())
+
+
+def pct_mean_std(values) -> str:
+    """Fractions over seeds as "91.2 ± 0.4" (percent; one value: "91.2")."""
+    m, s = mean_std(values)
+    return f"{100 * m:.1f} ± {100 * s:.1f}" if len(values) > 1 else f"{100 * m:.1f}"

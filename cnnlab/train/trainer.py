@@ -70,6 +70,14 @@ class Trainer:
     checkpoint_format: ".npz" or ".safetensors".
     callbacks: objects with an optional ``on_epoch_end(trainer, record)`` method.
     log: ``log(line)`` for the per-epoch summary lines (None: silent).
+    num_workers, worker_mode: background workers ("thread" or "process") that build and
+        augment the training batches while the model computes (0: built inline); see
+        :class:`cnnlab.data.DataLoader`.
+
+    Each epoch's record (``history``, metrics.json, the summary line) includes
+    ``data_wait_seconds``, the time the training step spent waiting for its batch (with
+    no workers: all of the batch building), and ``data_wait_fraction`` = that / the epoch's
+    training time. A fraction near 0 means the data pipeline keeps up with the compute.
     """
 
     def __init__(self, model, loss=None, optimizer=None, schedule=None, *, out_dir=None,
@@ -77,7 +85,7 @@ class Trainer:
                  checkpoint_every: int = 1, transform=None, normalize: bool = True, mean=None,
                  std=None, config: dict | None = None, num_workers: int = 0,
                  eval_batch_size: int = 500, checkpoint_format: str = ".npz", callbacks=(),
-                 log=print):
+                 log=print, worker_mode: str = "thread"):
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise CnnlabError(f"seed must be a non-negative integer, got {seed!r}")
         for name, value in (("batch_size", batch_size), ("epochs", epochs),
@@ -98,6 +106,9 @@ class Trainer:
         self.std = None if std is None else [float(v) for v in np.ravel(std)]
         self.config = dict(config or {})
         self.num_workers, self.eval_batch_size = int(num_workers), int(eval_batch_size)
+        if worker_mode not in ("thread", "process"):
+            raise CnnlabError(f"worker_mode must be 'thread' or 'process', got {worker_mode!r}")
+        self.worker_mode = worker_mode
         self.last_name, self.best_name = checkpoint_names(checkpoint_format)
         self.callbacks = list(callbacks)
         self.log = log or (lambda line: None)
@@ -134,14 +145,16 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         loader = DataLoader(train_ds, self.batch_size, shuffle=True, transform=self.transform,
                             seed=self.seed, num_workers=self.num_workers, mean=self.mean,
-                            std=self.std)
+                            std=self.std, mode=self.worker_mode)
         started = time.perf_counter()
         session_start = self.elapsed
         try:
             for epoch in range(self.epoch, self.epochs):
                 t0 = time.perf_counter()
+                waited = loader.wait_seconds
                 train_loss, train_acc = self._train_epoch(loader, epoch)
                 train_seconds = time.perf_counter() - t0
+                wait_seconds = loader.wait_seconds - waited
                 test_loss, test_acc = (self.evaluate(test_ds) if test_ds is not None
                                        else (float("nan"), float("nan")))
                 seconds = time.perf_counter() - t0
@@ -149,7 +162,9 @@ class Trainer:
                 record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                           "test_loss": test_loss, "test_acc": test_acc,
                           "lr": self.optimizer.lr, "train_seconds": round(train_seconds, 3),
-                          "seconds": round(seconds, 3)}
+                          "seconds": round(seconds, 3),
+                          "data_wait_seconds": round(wait_seconds, 3),
+                          "data_wait_fraction": round(wait_seconds / max(train_seconds, 1e-9), 4)}
                 improved = self._is_best(record)
                 self.history.append(record)
                 self.epoch = epoch + 1
@@ -350,4 +365,7 @@ def _summary(record: dict, epochs: int) -> str:
             f"train loss {record['train_loss']:.4f} acc {record['train_acc']:.2%}")
     if math.isfinite(record["test_acc"]):
         line += f"  test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%}"
-    return line + f"  lr {record['lr']:.3g}  {record['seconds']:.1f}s"
+    line += f"  lr {record['lr']:.3g}  {record['seconds']:.1f}s"
+    if "data_wait_fraction" in record:
+        line += f"  data wait {record['data_wait_fraction']:.1%}"
+    return line

@@ -72,14 +72,9 @@ def register(subparsers) -> None:
 
 
 def _experiment_parser(subparsers):
-    """Add ``transfer`` under ``experiment``, creating ``experiment`` if nobody has yet."""
-    exp = subparsers.choices.get("experiment")
-    if exp is None:
-        exp = subparsers.add_parser("experiment", help="reproducible experiments from the docs")
-        inner = exp.add_subparsers(dest="experiment", metavar="NAME")
-        inner.required = True
-    else:
-        inner = next(a for a in exp._actions if isinstance(a, argparse._SubParsersAction))
+    """Add ``transfer`` under ``cnnlab experiment``."""
+    from ..cli import experiment_subparsers
+    inner = experiment_subparsers(subparsers)
     e = inner.add_parser(
         "transfer", help="the transfer-learning 2x2 table and the small-filters comparison",
         description="Run the experiments of docs/transfer.md and print their tables: (1) a "

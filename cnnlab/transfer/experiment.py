@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..data.dataset import sample_per_class
 from ..errors import CnnlabError
+from ..train.metrics import pct_mean_std
 
 SIMILAR_SOURCE = "lenet-mnist-5k-digits0-4"
 FASHION_SOURCE = "lenet-fashion-mnist"
@@ -71,16 +73,6 @@ class ExperimentConfig:
 
 
 # -------------------------------------------------------------------------------- helpers
-
-def _mean_std(v):
-    v = np.asarray(v, dtype=np.float64)
-    return float(v.mean()), float(v.std())
-
-
-def _fmt(v) -> str:
-    m, s = _mean_std(v)
-    return f"{100 * m:.1f} ± {100 * s:.1f}" if len(v) > 1 else f"{100 * m:.1f}"
-
 
 def _load() -> str:
     try:
@@ -207,7 +199,7 @@ def similar_table(r: dict) -> str:
     head = "| method | " + " | ".join(f"{n} / class" for n in ns) + " |"
     rows = [head, "|---|" + "---:|" * len(ns)]
     for m, by_n in r["accuracy"].items():
-        rows.append(f"| {m} | " + " | ".join(_fmt(by_n[str(n)]) for n in ns) + " |")
+        rows.append(f"| {m} | " + " | ".join(pct_mean_std(by_n[str(n)]) for n in ns) + " |")
     best_gain = []
     for n in ns:
         scratch = np.mean(r["accuracy"]["scratch"][str(n)])
@@ -259,7 +251,7 @@ def _different_direction(name, source_name, target, test, cfg, log):
                     acc = _linear(ftr[layer][idx], y, fte[layer], yt, cfg, seed)[0]
                     rows.setdefault(f"{kind}: {stage}", []).append(acc)
         out[size] = rows
-        log(f"  {name} {size}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rows.items()))
+        log(f"  {name} {size}: " + ", ".join(f"{k} {pct_mean_std(v)}" for k, v in rows.items()))
     # lots of data: scratch vs finetuning all layers
     k = len(target.classes)
     for seed in cfg.seeds:
@@ -275,7 +267,7 @@ def _different_direction(name, source_name, target, test, cfg, log):
             acc, sec = _train(model, target, test, info, cfg, seed, lr_mult=mults,
                               epochs=cfg.different_epochs)
             out["finetune"].setdefault(method, []).append(acc)
-    log(f"  {name} finetune (all data): " + ", ".join(f"{k} {_fmt(v)}" for k, v in out["finetune"].items()))
+    log(f"  {name} finetune (all data): " + ", ".join(f"{k} {pct_mean_std(v)}" for k, v in out["finetune"].items()))
     out["source"] = {"name": source_name, "test_accuracy": info.accuracy.get("test"),
                      "dataset": info.dataset}
     out["sizes"] = {"little": cfg.different_small, "lots": len(target), "test": len(test)}
@@ -283,9 +275,7 @@ def _different_direction(name, source_name, target, test, cfg, log):
 
 
 def _sample_rows(ds, n, seed):
-    rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.choice(np.flatnonzero(ds.labels == c), n, replace=False)
-                                   for c in range(len(ds.classes))]))
+    return sample_per_class(ds.labels, n, seed)
 
 
 def run_different(cfg: ExperimentConfig, log=print) -> dict:
@@ -323,12 +313,12 @@ def different_table(r: dict) -> str:
                    f" labels / class | all {sizes['lots']:,} labels |")
         out.append("|---|---:|---:|")
         for k in d["little"]:
-            out.append(f"| {k} | {_fmt(d['little'][k])} | {_fmt(d['lots'][k])} |")
+            out.append(f"| {k} | {pct_mean_std(d['little'][k])} | {pct_mean_std(d['lots'][k])} |")
         out.append("")
         out.append(f"| all {sizes['lots']:,} labels, all layers trained | test accuracy |")
         out.append("|---|---:|")
         for k, v in d["finetune"].items():
-            out.append(f"| {k} | {_fmt(v)} |")
+            out.append(f"| {k} | {pct_mean_std(v)} |")
         out.append("")
     return "\n".join(out)
 
@@ -368,7 +358,7 @@ def run_filters(cfg: ExperimentConfig, log=print) -> dict:
             "macs": s.total_macs, "block_macs": sum(r.macs for r in block),
             "block_receptive_field": list(block[-1].receptive_field),
             "accuracy": accs, "seconds_per_epoch": secs}
-        log(f"  filters {kind}: acc {_fmt(accs)}, {np.mean(secs):.1f} s/epoch, block params "
+        log(f"  filters {kind}: acc {pct_mean_std(accs)}, {np.mean(secs):.1f} s/epoch, block params "
             f"{out['models'][kind]['block_params']:,}")
     out["load"] = _load()
     return out
@@ -382,7 +372,7 @@ def filters_table(r: dict) -> str:
         m = r["models"][kind]
         rows.append(f"| {label} | {m['block_params']:,} | {m['block_macs']:,} | {m['params']:,} | "
                     f"{m['macs']:,} | {m['block_receptive_field'][0]}x{m['block_receptive_field'][1]}"
-                    f" | {_fmt(m['accuracy'])} | {np.mean(m['seconds_per_epoch']):.1f} |")
+                    f" | {pct_mean_std(m['accuracy'])} | {np.mean(m['seconds_per_epoch']):.1f} |")
     return "\n".join(rows)
 
 
