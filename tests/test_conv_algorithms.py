@@ -12,10 +12,14 @@ import json
 import numpy as np
 import pytest
 
+import copy
+
 import cnnlab.conv as conv
-from cnnlab.conv import ALGORITHMS, PASSES, ConvGeometry, chooser, threads
-from cnnlab.conv.winograd import cook_toom
+from cnnlab import nn
+from cnnlab.conv import ALGORITHMS, PASSES, ConvGeometry, chooser, gemm, threads, winograd
+from cnnlab.conv.winograd import POINTS, cook_toom, cook_toom_reversed
 from cnnlab.errors import UnsupportedConfigError
+from cnnlab.optim import SGD
 
 FLOAT32_BOUND = {"im2col": 2e-6, "fft": 5e-6, "winograd2": 5e-6, "winograd4": 3e-5}
 ALGOS = [a for a in ALGORITHMS if a != "direct"]
@@ -121,6 +125,88 @@ def test_cook_toom_matches_lavin_gray_and_is_exact():
         assert np.allclose(at @ ((gm @ k) * (bt @ d)), want, rtol=0, atol=1e-13)
 
 
+def test_reversed_matrices_transform_the_reversed_kernel_like_the_forward():
+    """The data gradient's matrices: G' = G J exactly, and y = A'^T [(G' k) * (B'^T d)]
+    correlates d with k, so the forward's U = G w G^T serves the rotated kernel."""
+    rng = np.random.default_rng(1)
+    for m, pts in POINTS.items():
+        _, gm, _ = cook_toom(m, 3, pts)
+        at, gr, bt = cook_toom_reversed(m, 3, pts)
+        assert np.array_equal(gr, gm[:, ::-1])
+        d, k = rng.standard_normal(m + 2), rng.standard_normal(3)
+        want = np.array([d[i:i + 3] @ k for i in range(m)])
+        assert np.allclose(at @ ((gr @ k) * (bt @ d)), want, rtol=0, atol=1e-13)
+        assert np.allclose(at @ ((gm @ k[::-1]) * (bt @ d)), want, rtol=0, atol=1e-13)
+
+
+PREPARED_SHAPES = [(1, 5, 9, 11, 6, 3, 3, 1, 1, 1), (2, 6, 13, 10, 4, 3, 3, 1, 1, 2),
+                   (1, 8, 17, 19, 6, 3, 3, 1, (2, 1), 1), (2, 4, 11, 9, 5, 5, 3, 1, 2, 1)]
+
+
+@pytest.mark.parametrize("shape", PREPARED_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prepared_weights_give_identical_results(shape, dtype):
+    """forward / backward_data with ``prepare``'s result: bit for bit the unprepared pass;
+    Winograd's one U serves both passes and any image size (its key says so)."""
+    g, args = _case(shape, seed=5)
+    prepared_any = False
+    for name in ("winograd2", "winograd4", "fft", "im2col", "direct"):
+        a = ALGORITHMS[name]
+        for p in ("forward", "backward_data"):
+            if a.supports(g, p) is not None:
+                continue
+            arr, w = (v.astype(dtype) for v in args[p])
+            key = a.prepared_key(g, p)
+            prep = a.prepare(w, g, p)
+            assert (prep is None) == (key is None), name
+            if prep is None:
+                assert a.prepared_bytes(g, p, w.itemsize) == 0
+                continue
+            prepared_any = True
+            assert sum(u.nbytes for u in prep) == a.prepared_bytes(g, p, w.itemsize)
+            assert np.array_equal(a.run(p, arr, w, g, prepared=prep), a.run(p, arr, w, g)), (name, p)
+        if name.startswith("winograd") and a.supports(g, "forward") is None:
+            bigger = ConvGeometry.of((g.n, g.c, g.h + 5, g.w + 3), g.w_shape, g.stride, g.padding,
+                                     1, g.groups)
+            assert a.prepared_key(g, "forward") == a.prepared_key(bigger, "backward_data")
+            dy, w = (v.astype(dtype) for v in args["backward_data"])
+            assert np.array_equal(a.backward_data(dy, w, g, prepared=a.prepare(w, bigger, "forward")),
+                                  a.backward_data(dy, w, g))
+    assert prepared_any
+
+
+def test_fft_prepares_only_what_fits_one_block(monkeypatch):
+    from cnnlab.conv import fft
+    g = ConvGeometry.of((1, 4, 12, 12), (6, 4, 5, 5), padding=2)
+    assert ALGORITHMS["fft"].prepared_key(g, "forward") is not None
+    assert ALGORITHMS["fft"].prepared_key(g, "backward_weight") is None
+    monkeypatch.setattr(fft, "BLOCK_BYTES", 1024)
+    assert ALGORITHMS["fft"].prepared_key(g, "forward") is None
+    assert ALGORITHMS["fft"].prepare(np.ones(g.w_shape), g, "forward") is None
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 23, 9, 5, 3, 3, 1, 1, 1), (3, 4, 10, 11, 6, 3, 3, 2, 1, 2),
+                                   (2, 3, 9, 8, 4, 5, 3, 1, 2, 1)], ids=str)
+def test_im2col_in_blocks_matches_direct(shape, monkeypatch):
+    """A column matrix over COLS_BYTES is used in blocks: rows of one image, or whole images."""
+    g, args = _case(shape, seed=11)
+    a = ALGORITHMS["im2col"]
+    whole = {p: a.run(p, *args[p], g) for p in PASSES}
+    unblocked = a.workspace_bytes(g, "forward", 8)
+    assert gemm.blocks(g, 8) == [(0, g.n, 0, g.ho)]
+    monkeypatch.setattr(gemm, "COLS_BYTES", g.c * g.kh * g.kw * g.wo * 8 * 2)  # two rows
+    parts = gemm.blocks(g, 8)
+    assert len(parts) > g.n and all(n1 - n0 == 1 for n0, n1, _, _ in parts)
+    assert a.workspace_bytes(g, "forward", 8) < unblocked
+    for limit in (gemm.COLS_BYTES, g.c * g.kh * g.kw * g.wo * g.ho * 8):  # rows; one image each
+        monkeypatch.setattr(gemm, "COLS_BYTES", limit)
+        for p in PASSES:
+            ref = ALGORITHMS["direct"].run(p, *args[p], g)
+            out = a.run(p, *args[p], g)
+            assert out.shape == ref.shape and _rel(out, ref) <= 1e-12, (p, limit)
+            assert _rel(out, whole[p]) <= 1e-12
+
+
 def test_workspace_is_reported():
     g = ConvGeometry.of((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
     for name in ALGOS:
@@ -168,6 +254,40 @@ def test_workspace_limit_excludes_algorithms(fresh_chooser):
     assert conv.explain(g, "forward").algo in names
     with pytest.raises(ValueError):
         conv.set_workspace_limit(-1)
+
+
+def test_prepared_choices_are_timed_with_prepared_weights(fresh_chooser, monkeypatch):
+    """A frozen layer's key is separate, and each candidate runs on weights prepared beforehand."""
+    g = ConvGeometry.of((1, 16, 32, 32), (16, 16, 3, 3), padding=1)
+    calls = []
+    for name in ("winograd2", "winograd4"):
+        a = ALGORITHMS[name]
+        orig_run = a.run
+        monkeypatch.setattr(a, "run", lambda *args, _orig=orig_run, **kw:
+                            calls.append(kw.get("prepared") is not None) or _orig(*args, **kw))
+    plain = conv.explain(g, "forward")
+    assert calls and not any(calls)
+    calls.clear()
+    prepared = conv.explain(g, "forward", prepared=True)
+    assert calls and all(calls) and prepared is not plain
+    assert set(fresh_chooser.choices) == {chooser.cache_key(g, "forward", np.float32, 1 << 30),
+                                          chooser.cache_key(g, "forward", np.float32, 1 << 30, True)}
+    # the weight gradient does not read the weights: one key whatever the flag
+    assert conv.explain(g, "backward_weight", prepared=True) is conv.explain(g, "backward_weight")
+
+
+def test_a_held_prepared_algorithm_is_kept_when_nearly_as_fast(fresh_chooser):
+    g = ConvGeometry.of((1, 16, 32, 32), (16, 16, 3, 3), padding=1)
+    key = chooser.cache_key(g, "backward_data", np.float32, fresh_chooser.workspace_limit, True)
+    times = {"winograd2": 10.0, "winograd4": 11.0, "im2col": 30.0}
+    fresh_chooser.choices[key] = chooser.Choice("winograd2", "measured", times)
+    sel = lambda held: conv.select(g, "backward_data", prepared=True, held=held).name  # noqa: E731
+    assert sel(()) == "winograd2"
+    assert sel(("winograd4",)) == "winograd4"              # 10% slower: no second U
+    assert sel(("im2col",)) == "winograd2"                 # 3x slower: prepare winograd2 too
+    times["winograd4"] = 10.0 * chooser.REUSE_SLACK * 1.01
+    assert sel(("winograd4",)) == "winograd2"
+    assert conv.select(g, "backward_data", "im2col", prepared=True, held=("winograd4",)).name == "im2col"
 
 
 def test_global_default_and_context_manager(fresh_chooser):
@@ -228,6 +348,120 @@ def test_corrupt_cache_file_is_ignored_and_replaced(fresh_chooser, tmp_path):
     assert conv.explain(g, "forward").how == "measured"
     assert json.loads(path.read_text())["format"] == chooser.CACHE_FORMAT
     conv.disable_disk_cache()
+
+
+# ----------------------------------------------------------------------------- nn.Conv2d's cache
+
+def _frozen_pair(algo="winograd4", seed=0, **kw):
+    """A frozen Conv2d and an identical one that never caches (the reference)."""
+    layers = [nn.Conv2d(6, 8, 3, padding=1, algo=algo, rng=np.random.default_rng(seed),
+                        cache_weights=cache, **kw) for cache in (True, False)]
+    for layer in layers:
+        layer.freeze()
+    return layers
+
+
+def _fwd_bwd(layer, x, dy):
+    y = layer.forward(x)
+    return y, layer.backward(dy)
+
+
+@pytest.mark.parametrize("algo", ["winograd2", "winograd4", "fft", "auto"])
+def test_conv2d_frozen_weights_are_prepared_once_with_identical_results(algo, monkeypatch):
+    cached, plain = _frozen_pair(algo)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 6, 13, 11)).astype(np.float32)
+    dy = rng.standard_normal((2, 8, 13, 11)).astype(np.float32)
+    first = _fwd_bwd(cached, x, dy)
+    ref = _fwd_bwd(plain, x, dy)
+    assert all(np.array_equal(a, b) for a, b in zip(first, ref))
+    assert len(plain.weight_cache) == 0 and plain.weight.data.flags.writeable
+    if algo != "auto":
+        # Winograd: one U for both passes; FFT: one block matrix per pass
+        assert len(cached.weight_cache) == (2 if algo == "fft" else 1)
+        assert cached.weight_cache.nbytes > 0 and not cached.weight.data.flags.writeable
+        a = ALGORITHMS[algo]
+        monkeypatch.setattr(a, "prepare", lambda *args: pytest.fail("prepared twice"))
+    x2 = rng.standard_normal((1, 6, 7, 9)).astype(np.float32)      # another image size
+    dy2 = rng.standard_normal((1, 8, 7, 9)).astype(np.float32)
+    if algo == "fft":
+        monkeypatch.undo()                              # FFT spectra depend on the size
+    again = _fwd_bwd(cached, x2, dy2)
+    assert all(np.array_equal(a, b) for a, b in zip(again, _fwd_bwd(plain, x2, dy2)))
+    assert cached.weight.grad is None and cached.bias.grad is None
+
+
+def test_conv2d_cache_follows_new_weights_load_state_dict_and_unfreezing():
+    cached, plain = _frozen_pair()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 6, 10, 10)).astype(np.float32)
+    dy = rng.standard_normal((1, 8, 10, 10)).astype(np.float32)
+
+    def check():
+        got, want = _fwd_bwd(cached, x, dy), _fwd_bwd(plain, x, dy)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+    check()
+    # load_state_dict: new arrays
+    other = nn.Conv2d(6, 8, 3, rng=np.random.default_rng(9))
+    state = {k: v * 2 + 1 for k, v in other.state_dict().items()}
+    for layer in (cached, plain):
+        layer.load_state_dict(state)
+    check()
+    # assignment through the Parameter
+    w = rng.standard_normal(cached.weight.shape).astype(np.float32)
+    cached.weight.data, plain.weight.data = w, w.copy()
+    check()
+    # unfreeze, train a step (in place), freeze again
+    before = cached.weight.data.copy()
+    for layer in (cached, plain):
+        layer.unfreeze()
+        _fwd_bwd(layer, x, dy)
+        SGD(layer.parameters(), lr=0.1).step()
+        layer.zero_grad()
+        layer.freeze()
+    assert cached.weight.data is w and not np.array_equal(w, before)
+    check()
+
+
+def test_in_place_edits_of_a_cached_weight_are_refused_until_the_cache_is_cleared():
+    cached, plain = _frozen_pair()
+    x = np.random.default_rng(3).standard_normal((1, 6, 8, 8)).astype(np.float32)
+    cached.forward(x)
+    with pytest.raises(ValueError, match="read-only"):
+        cached.weight.data *= 2                        # would leave U stale: refused
+    cached.unfreeze()                                  # no forward yet: still refused
+    with pytest.raises(ValueError, match="read-only"):
+        cached.weight.data -= 1
+    cached.freeze()
+    cached.clear_weight_cache()
+    assert len(cached.weight_cache) == 0 and cached.weight.data.flags.writeable
+    cached.weight.data *= 2
+    plain.weight.data *= 2
+    assert np.array_equal(cached.forward(x), plain.forward(x))
+    # a copy starts with an empty cache and a writeable weight
+    twin = copy.deepcopy(cached)
+    assert len(cached.weight_cache) == 1 and len(twin.weight_cache) == 0
+    assert twin.weight.data.flags.writeable
+    twin.weight.data += 1
+    assert not np.array_equal(twin.forward(x), cached.forward(x))
+    # a read-only array stays read-only when the cache lets go of it
+    ro = np.array(plain.weight.data)
+    ro.flags.writeable = False
+    cached.weight.data = ro
+    cached.forward(x)
+    cached.clear_weight_cache()
+    assert not ro.flags.writeable
+
+
+def test_trainable_conv2d_keeps_no_cache(monkeypatch):
+    layer = nn.Conv2d(6, 8, 3, padding=1, algo="winograd4", rng=np.random.default_rng(0))
+    x = np.random.default_rng(4).standard_normal((1, 6, 9, 9)).astype(np.float32)
+    monkeypatch.setattr(ALGORITHMS["winograd4"], "prepare", lambda *a: pytest.fail("prepared"))
+    layer.backward(layer.forward(x))
+    assert len(layer.weight_cache) == 0 and layer.weight.grad is not None
+    assert "cache_weights" not in repr(layer)
+    assert "cache_weights=False" in repr(nn.Conv2d(2, 2, 3, cache_weights=False))
 
 
 # ----------------------------------------------------------------------------- threads

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from cnnlab import nn
+from cnnlab import conv, nn
 from cnnlab.errors import CnnlabError
 from cnnlab.style import losses as L
 from cnnlab.style.colors import original_colors, rgb_to_yuv
@@ -169,6 +169,49 @@ def test_no_weight_gradients_and_only_masks_kept():
     dx = net.backward({"relu2_1": lambda: np.ones_like(feats["relu2_1"])})
     assert dx.dtype == np.float32 and dx.shape == x.shape
     assert all(p.frozen and p.grad is None for p in net.parameters())
+
+
+def _objective_gradient(net, x):
+    feats = net.forward(x, keep=["relu2_1", "relu3_1"])
+    dx = net.backward({name: (lambda f=f: np.sign(f) * f) for name, f in feats.items()})
+    return [feats["relu2_1"], feats["relu3_1"], dx]
+
+
+@pytest.mark.parametrize("algo", ["winograd4", "winograd2"])
+def test_transformed_weights_are_kept_across_evaluations_with_identical_results(algo, monkeypatch):
+    """The frozen VGG keeps each conv's U (one per layer, for the forward and the image
+    gradient): later evaluations transform no weight and give what an uncached net gives."""
+    x = np.random.default_rng(1).standard_normal((1, 3, 20, 18)).astype(np.float32)
+    nets = [VGGFeatures("vgg19", "relu3_1", rng=np.random.default_rng(0)) for _ in range(2)]
+    for _, m in nets[1].convs():
+        m.cache_weights = False
+    with conv.default_algo(algo):
+        first = _objective_gradient(nets[0], x)
+        reference = _objective_gradient(nets[1], x)
+        assert all(np.array_equal(a, b) for a, b in zip(first, reference))
+        for (_, m), (_, r) in zip(nets[0].convs(), nets[1].convs()):
+            assert len(m.weight_cache) == 1 and len(r.weight_cache) == 0
+        monkeypatch.setattr(conv.ALGORITHMS[algo], "prepare", lambda *a: pytest.fail("prepared again"))
+        again = _objective_gradient(nets[0], x)
+    assert all(np.array_equal(a, b) for a, b in zip(again, reference))
+
+
+def test_recalibrating_after_an_evaluation_uses_the_new_weights():
+    """randomize/calibration rescale the weights into new arrays (never in place), so a net
+    that already holds transformed weights runs on the new ones."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    calib = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    net = VGGFeatures("vgg19", "relu3_1", rng=np.random.default_rng(0))
+    plain = VGGFeatures("vgg19", "relu3_1", rng=np.random.default_rng(0))
+    for _, m in plain.convs():
+        m.cache_weights = False
+    with conv.default_algo("winograd4"):
+        _objective_gradient(net, x)
+        net.randomize(None, calib, rms=3.0)
+        plain.randomize(None, calib, rms=3.0)
+        got, want = _objective_gradient(net, x), _objective_gradient(plain, x)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
 
 
 def test_truncation_and_unknown_layers():

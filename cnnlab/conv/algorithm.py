@@ -12,6 +12,20 @@ that geometry, or a short reason ("stride 2", "dilation 2") when it cannot.
 ``workspace_bytes(g, pass_, itemsize)`` is the extra memory it allocates
 beyond its inputs and output. Bias is not part of the algorithm: the
 functional layer adds it (and sums dy for its gradient).
+
+Prepared weights (for weights that do not change between calls, e.g. a frozen
+layer): an algorithm whose forward / data gradient starts with a transform of
+``w`` alone (Winograd's U = G w G^T, FFT's kernel spectra) can compute it once:
+
+    prepare(w, g, pass_)          -> an opaque object, or None (nothing worth keeping)
+    prepared_key(g, pass_)        -> hashable: prepared objects with equal keys (and the
+                                     same w) are interchangeable; None: no preparation
+    prepared_bytes(g, pass_, itemsize)  the memory that object holds
+    forward(x, w, g, prepared=P) / backward_data(dy, w, g, prepared=P)
+
+give the same result as without ``prepared`` (bit for bit) and skip the transform.
+The caller owns the object and must drop it when w changes
+(:class:`cnnlab.conv.prepared.WeightCache` does that for a layer).
 """
 from __future__ import annotations
 
@@ -26,10 +40,10 @@ class ConvAlgorithm:
     def supports(self, g, pass_: str) -> str | None:  # noqa: ARG002 - default: everything
         return None
 
-    def forward(self, x, w, g):
+    def forward(self, x, w, g, prepared=None):
         raise NotImplementedError
 
-    def backward_data(self, dy, w, g):
+    def backward_data(self, dy, w, g, prepared=None):
         raise NotImplementedError
 
     def backward_weight(self, dy, x, g):
@@ -38,15 +52,28 @@ class ConvAlgorithm:
     def workspace_bytes(self, g, pass_: str, itemsize: int) -> int:  # noqa: ARG002
         return 0
 
+    # -- prepared weights (default: none) ----------------------------------------------
+    def prepared_key(self, g, pass_: str):  # noqa: ARG002
+        return None
+
+    def prepare(self, w, g, pass_: str):  # noqa: ARG002
+        return None
+
+    def prepared_bytes(self, g, pass_: str, itemsize: int) -> int:  # noqa: ARG002
+        return 0
+
     @staticmethod
     def _groups(g):
         """Per group: (input channel start, end, output channel start, end)."""
         og, cg = g.o // g.groups, g.c // g.groups
         return [(i * cg, (i + 1) * cg, i * og, (i + 1) * og) for i in range(g.groups)]
 
-    def run(self, pass_: str, a, b, g):
-        """Dispatch by pass name: (x, w) for forward, (dy, w) / (dy, x) for the gradients."""
-        return getattr(self, pass_)(a, b, g)
+    def run(self, pass_: str, a, b, g, prepared=None):
+        """Dispatch by pass name: (x, w) for forward, (dy, w) / (dy, x) for the gradients;
+        ``prepared`` (from ``prepare``) only for the passes that read w."""
+        if prepared is None:
+            return getattr(self, pass_)(a, b, g)
+        return getattr(self, pass_)(a, b, g, prepared=prepared)
 
     def __repr__(self) -> str:
         return f"<conv algorithm {self.name}>"

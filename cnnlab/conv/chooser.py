@@ -17,6 +17,14 @@
    whose ``workspace_bytes`` exceed the workspace limit, ``direct`` (the
    reference), and ``fft`` where its flop count exceeds 0.4x the direct
    convolution's (small kernels, small batches; ``fft_worth_trying``).
+   With ``prepared=True`` (a frozen layer that keeps its prepared weights, see
+   :mod:`cnnlab.conv.prepared`) the key is a separate one and each candidate is
+   timed with its weights prepared beforehand (``ConvAlgorithm.prepare``, not
+   timed), since that is what the layer will run on every later call. Such a
+   layer names the algorithms whose prepared weights it already holds
+   (``held``); auto then keeps one of them if it measured within REUSE_SLACK of
+   the fastest, rather than preparing a second transformed copy of the weights
+   (up to 4x their size) for a few percent.
 
 Choices can also be kept on disk (``enable_disk_cache()``): a JSON file at
 ``$CNNLAB_CACHE/conv_algos.json`` (default ``~/.cache/cnnlab/``), written
@@ -52,6 +60,7 @@ TINY_MACS = 1_000_000
 DEFAULT_WORKSPACE_LIMIT = 1 << 30
 NOT_AUTO = ("direct",)          # correct but never fast: the reference
 CACHE_FORMAT = "cnnlab-conv-algos-1"
+REUSE_SLACK = 1.15              # a held prepared algorithm within 15% of the fastest is kept
 
 
 @dataclass
@@ -92,11 +101,13 @@ def _forced(g, pass_, algo, origin=""):
     return a
 
 
-def cache_key(g, pass_: str, dtype, workspace_limit) -> str:
-    """The string a choice is filed under (memory and disk)."""
+def cache_key(g, pass_: str, dtype, workspace_limit, prepared: bool = False) -> str:
+    """The string a choice is filed under (memory and disk); "|prepared": timed with
+    prepared weights."""
     return (f"{pass_}|{np.dtype(dtype).name}|n{g.n} c{g.c} h{g.h} w{g.w} o{g.o} "
             f"k{g.kh}x{g.kw} s{g.stride[0]}x{g.stride[1]} p{g.padding[0]}x{g.padding[1]} "
-            f"d{g.dilation[0]}x{g.dilation[1]} g{g.groups}|ws{workspace_limit}")
+            f"d{g.dilation[0]}x{g.dilation[1]} g{g.groups}|ws{workspace_limit}"
+            + ("|prepared" if prepared else ""))
 
 
 def cpu_model() -> str:
@@ -149,11 +160,13 @@ def default_cache_path() -> Path:
 
 
 def _synthetic_inputs(g, pass_, dtype):
+    """The two arrays ``pass_`` reads, (x, w), (dy, w) or (dy, x): random, only those two."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(g.x_shape, dtype=np.float32).astype(dtype, copy=False)
-    w = rng.standard_normal(g.w_shape, dtype=np.float32).astype(dtype, copy=False)
-    dy = rng.standard_normal(g.y_shape, dtype=np.float32).astype(dtype, copy=False)
-    return {"forward": (x, w), "backward_data": (dy, w), "backward_weight": (dy, x)}[pass_]
+    shapes = {"x": g.x_shape, "w": g.w_shape, "dy": g.y_shape}
+    names = {"forward": ("x", "w"), "backward_data": ("dy", "w"),
+             "backward_weight": ("dy", "x")}[pass_]
+    return tuple(rng.standard_normal(shapes[n], dtype=np.float32).astype(dtype, copy=False)
+                 for n in names)
 
 
 FFT_COST_RATIO = 0.4
@@ -207,7 +220,8 @@ class Chooser:
         self._fingerprint: tuple[str, str] | None = None
 
     # -- selection ---------------------------------------------------------------------
-    def select(self, g, pass_: str, algo: str = "auto", dtype=None):
+    def select(self, g, pass_: str, algo: str = "auto", dtype=None, prepared: bool = False,
+               held=()):
         _check_pass(pass_)
         if algo is None:
             algo = "auto"
@@ -217,7 +231,14 @@ class Chooser:
             origin = (" (the global default; see cnnlab.conv.set_default_algo"
                       f" and ${ENV_ALGO})")
             return _forced(g, pass_, self.default_algo, origin)
-        return ALGORITHMS[self.choose(g, pass_, dtype).algo]
+        choice = self.choose(g, pass_, dtype, prepared)
+        if prepared and held and choice.algo not in held:
+            best = choice.times_ms.get(choice.algo)
+            near = [n for n in held if n in choice.times_ms and best is not None
+                    and choice.times_ms[n] <= REUSE_SLACK * best]
+            if near:
+                return ALGORITHMS[min(near, key=choice.times_ms.get)]
+        return ALGORITHMS[choice.algo]
 
     def candidates(self, g, pass_: str, dtype=None) -> list[str]:
         """Eligible algorithms auto may pick: not the reference, within the workspace limit."""
@@ -234,10 +255,13 @@ class Chooser:
                              key=lambda n: ALGORITHMS[n].workspace_bytes(g, pass_, itemsize))]
         return names or eligible(g, pass_)
 
-    def choose(self, g, pass_: str, dtype=None) -> Choice:
-        """Auto's choice for this key: from memory, the disk cache, a measurement or a heuristic."""
+    def choose(self, g, pass_: str, dtype=None, prepared: bool = False) -> Choice:
+        """Auto's choice for this key: from memory, the disk cache, a measurement or a heuristic.
+        ``prepared``: for a layer that runs on prepared weights (no effect on the weight
+        gradient, which does not read the weights)."""
         dtype = np.dtype(dtype or np.float32)
-        key = cache_key(g, pass_, dtype, self.workspace_limit)
+        prepared = bool(prepared) and pass_ != "backward_weight"
+        key = cache_key(g, pass_, dtype, self.workspace_limit, prepared)
         hit = self.choices.get(key)
         if hit is not None:
             return hit
@@ -250,24 +274,28 @@ class Chooser:
         elif not self.measure or g.macs < TINY_MACS:
             choice = Choice(heuristic(g, pass_, names), "heuristic")
         else:
-            choice = self._measure(g, pass_, dtype, names)
+            choice = self._measure(g, pass_, dtype, names, prepared)
         self.choices[key] = choice
         if choice.how == "measured" and self.cache_file is not None:
             self._save(key, choice)
         return choice
 
-    def _measure(self, g, pass_, dtype, names) -> Choice:
+    def _measure(self, g, pass_, dtype, names, prepared=False) -> Choice:
         """Warm each candidate up once (dropping any 3x slower than the best warm-up so far),
         then time the survivors in interleaved rounds, so a burst of load elsewhere on the
-        machine hits them all alike; the fastest single run wins."""
+        machine hits them all alike; the fastest single run wins. With ``prepared`` each
+        candidate's weights are prepared before its first run (untimed)."""
         args = _synthetic_inputs(g, pass_, dtype)
         first = heuristic(g, pass_, names)
         order = [first] + [n for n in names if n != first]
         times, alive = {}, []
         best = float("inf")
+        prep = {}
         for name in order:
+            if prepared:
+                prep[name] = ALGORITHMS[name].prepare(args[1], g, pass_)
             t0 = time.perf_counter()
-            ALGORITHMS[name].run(pass_, *args, g)
+            ALGORITHMS[name].run(pass_, *args, g, prepared=prep.get(name))
             warm = time.perf_counter() - t0
             times[name] = warm
             if warm <= 3 * best:
@@ -277,7 +305,7 @@ class Chooser:
         for _ in range(self.repeats):
             for name in alive:
                 t0 = time.perf_counter()
-                ALGORITHMS[name].run(pass_, *args, g)
+                ALGORITHMS[name].run(pass_, *args, g, prepared=prep.get(name))
                 times[name] = min(times[name], time.perf_counter() - t0)
         winner = min(alive, key=times.get)
         return Choice(winner, "measured", {n: round(t * 1e3, 3) for n, t in times.items()})
@@ -354,14 +382,17 @@ def _initial_default() -> str:
 CHOOSER = Chooser(default_algo=_initial_default())
 
 
-def select(g, pass_: str, algo: str = "auto", dtype=None):
-    """Return the algorithm that will run ``pass_`` of the convolution ``g`` (see module doc)."""
-    return CHOOSER.select(g, pass_, algo, dtype)
+def select(g, pass_: str, algo: str = "auto", dtype=None, prepared: bool = False, held=()):
+    """Return the algorithm that will run ``pass_`` of the convolution ``g`` (see module doc);
+    ``prepared``: the caller will pass prepared weights (a frozen layer), so auto times
+    the candidates that way; ``held``: names of the algorithms whose prepared weights the
+    caller already has for this pass (kept when within REUSE_SLACK of auto's pick)."""
+    return CHOOSER.select(g, pass_, algo, dtype, prepared, held)
 
 
-def explain(g, pass_: str, dtype=None) -> Choice:
+def explain(g, pass_: str, dtype=None, prepared: bool = False) -> Choice:
     """What "auto" picks for this key, and how (measuring it now if it has not yet)."""
-    return CHOOSER.choose(g, pass_, dtype)
+    return CHOOSER.choose(g, pass_, dtype, prepared)
 
 
 def set_default_algo(name: str) -> None:

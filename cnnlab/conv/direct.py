@@ -18,7 +18,7 @@ def _split(g):
 class Direct(ConvAlgorithm):
     name = "direct"
 
-    def forward(self, x, w, g):
+    def forward(self, x, w, g, prepared=None):
         xp = get_xp(x, w)
         G, og, cg = _split(g)
         xpad = pad_input(x, g)
@@ -30,7 +30,7 @@ class Direct(ConvAlgorithm):
                 y += xp.einsum("ngchw,goc->ngohw", xs, w[:, :, p, q].reshape(G, og, cg))
         return y.reshape(g.y_shape)
 
-    def backward_data(self, dy, w, g):
+    def backward_data(self, dy, w, g, prepared=None):
         xp = get_xp(dy, w)
         G, og, cg = _split(g)
         ph, pw = g.padding

@@ -21,6 +21,12 @@ Memory: the kernel spectra (O, C, F) complex numbers (a 512x512 layer at
 28x28 needs 1 GiB), so output channels are processed in blocks of at most
 BLOCK_BYTES of spectra; ``workspace_bytes`` reports the total.
 Groups: each group is an independent convolution on channel views.
+
+Prepared weights (``prepare``): the kernel spectra of each group as the real block
+matrix the pass multiplies by, (F, 2Cg, 2Og) for the forward, (F, 2Og, 2Cg) for the
+data gradient (the transpose of the forward's; kept as its own contiguous copy, as
+numpy's batched GEMM with a transposed operand was ~5% slower). Offered only where
+they fit one block (BLOCK_BYTES, so the pass runs them whole), keyed by pass and FFT size.
 """
 from __future__ import annotations
 
@@ -96,6 +102,11 @@ def _to_complex(rows, n, q, s):
     return out.reshape(n, q, s[0], s[1] // 2 + 1)
 
 
+def _kernel_block(w, s):
+    """w (O', C', KH, KW) -> (F, 2C', 2O'): conj(W[f])^T as a real block matrix (``_block``)."""
+    return _block(_rfft2(w, s), conj=True, transpose=True)
+
+
 def _blocks(total: int, per_item_bytes: int) -> list[tuple[int, int]]:
     step = max(1, min(total, BLOCK_BYTES // max(1, per_item_bytes)))
     return [(a, min(total, a + step)) for a in range(0, total, step)]
@@ -125,32 +136,59 @@ class FFTConv(ConvAlgorithm):
         return None
 
 
-    def forward(self, x, w, g):
+    def forward(self, x, w, g, prepared=None):
         s = fft_shape(g)
         dtype = np.result_type(x, w)
         y = np.empty(g.y_shape, dtype=dtype)
         xs_all = _rfft2(pad_input(x, g), s)                            # (N, C, SH, SF)
-        for c0, c1, o0, o1 in self._groups(g):
+        for i, (c0, c1, o0, o1) in enumerate(self._groups(g)):
             xf = _rows(xs_all[:, c0:c1])                                # (F, N, 2Cg)
             for b0, b1 in _blocks(o1 - o0, (c1 - c0) * xf.shape[0] * 16):
-                wb = _block(_rfft2(w[o0 + b0:o0 + b1], s), conj=True, transpose=True)
+                if prepared is not None:                                # one block: all of Og
+                    wb = prepared[i]
+                else:
+                    wb = _kernel_block(w[o0 + b0:o0 + b1], s)           # (F, 2Cg, 2Ob)
                 yf = _to_complex(np.matmul(xf, wb), g.n, b1 - b0, s)    # X conj(W)^T
                 y[:, o0 + b0:o0 + b1] = _irfft2(yf, s)[:, :, :g.ho, :g.wo]
         return y
 
-    def backward_data(self, dy, w, g):
+    def backward_data(self, dy, w, g, prepared=None):
         s = fft_shape(g)
         ph, pw = g.padding
         dtype = np.result_type(dy, w)
         dx = np.empty(g.x_shape, dtype=dtype)
         dys_all = _rfft2(dy, s)                                         # (N, O, SH, SF)
-        for c0, c1, o0, o1 in self._groups(g):
+        for i, (c0, c1, o0, o1) in enumerate(self._groups(g)):
             dyf = _rows(dys_all[:, o0:o1])                              # (F, N, 2Og)
             for b0, b1 in _blocks(c1 - c0, (o1 - o0) * dyf.shape[0] * 16):
-                wb = _block(_rfft2(w[o0:o1, b0:b1], s))                  # (F, 2Og, 2Cb)
+                if prepared is not None:                                # one block: all of Cg
+                    wb = prepared[i]
+                else:
+                    wb = _block(_rfft2(w[o0:o1, b0:b1], s))              # (F, 2Og, 2Cb)
                 dxf = _to_complex(np.matmul(dyf, wb), g.n, b1 - b0, s)   # DY W
                 dx[:, c0 + b0:c0 + b1] = _irfft2(dxf, s)[:, :, ph:ph + g.h, pw:pw + g.w]
         return dx
+
+    def prepared_key(self, g, pass_):
+        og, cg = g.o // g.groups, g.c // g.groups
+        sh, sw = fft_shape(g)
+        if pass_ == "backward_weight" or og * cg * sh * (sw // 2 + 1) * 16 > BLOCK_BYTES:
+            return None                                 # more than one block: not kept
+        return ("spectra", pass_, (sh, sw), g.groups)
+
+    def prepare(self, w, g, pass_):
+        if self.prepared_key(g, pass_) is None:
+            return None
+        s = fft_shape(g)
+        if pass_ == "forward":
+            return tuple(_kernel_block(w[o0:o1], s) for _, _, o0, o1 in self._groups(g))
+        return tuple(_block(_rfft2(w[o0:o1], s)) for _, _, o0, o1 in self._groups(g))
+
+    def prepared_bytes(self, g, pass_, itemsize):
+        if self.prepared_key(g, pass_) is None:
+            return 0
+        sh, sw = fft_shape(g)
+        return 4 * (g.o // g.groups) * g.c * sh * (sw // 2 + 1) * itemsize
 
     def backward_weight(self, dy, x, g):
         s = fft_shape(g)

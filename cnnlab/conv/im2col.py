@@ -9,16 +9,22 @@ is one large GEMM per group, ``w.reshape(G, Og, Cg*KH*KW) @ cols`` -> (G, Og, N*
 which keeps both cores' BLAS threads busy even for small images. col2im is its adjoint: it
 scatter-adds columns back to the (N, C, H, W) positions they were read from (overlapping
 windows add up), which is exactly the data gradient of im2col.
+
+Both take an optional block of output rows ``rows = (i0, i1)``: the columns of the output
+positions (n, i, j) with i0 <= i < i1 only, (G, Cg*KH*KW, N*(i1-i0)*WO), so that a large
+column matrix can be built and used block by block (``cnnlab.conv.gemm``).
 """
 from __future__ import annotations
 
 from ..backend import get_xp
 
 
-def tap_slices(g, p: int, q: int) -> tuple[slice, slice]:
-    """Rows/columns of the padded input read by kernel tap (p, q) for all outputs."""
-    r0, c0 = p * g.dilation[0], q * g.dilation[1]
-    return (slice(r0, r0 + g.stride[0] * (g.ho - 1) + 1, g.stride[0]),
+def tap_slices(g, p: int, q: int, rows=None) -> tuple[slice, slice]:
+    """Rows/columns of the padded input read by kernel tap (p, q) for all outputs (or for
+    the output rows ``rows = (i0, i1)``)."""
+    i0, i1 = rows or (0, g.ho)
+    r0, c0 = p * g.dilation[0] + i0 * g.stride[0], q * g.dilation[1]
+    return (slice(r0, r0 + g.stride[0] * (i1 - i0 - 1) + 1, g.stride[0]),
             slice(c0, c0 + g.stride[1] * (g.wo - 1) + 1, g.stride[1]))
 
 
@@ -33,27 +39,46 @@ def pad_input(x, g):
     return out
 
 
-def im2col(x, g):
-    """x (N, C, H, W) -> cols (G, Cg*KH*KW, N*HO*WO), C-contiguous."""
+def im2col(x, g, rows=None, xpad=None):
+    """x (N, C, H, W) -> cols (G, Cg*KH*KW, N*R*WO), C-contiguous, for the output rows
+    ``rows = (i0, i1)`` (default all: R = HO); ``xpad``: ``pad_input(x, g)`` if already made."""
     xp = get_xp(x)
-    xpad = pad_input(x, g)
-    cols = xp.empty((g.c, g.kh, g.kw, g.n, g.ho, g.wo), dtype=x.dtype)
+    i0, i1 = rows or (0, g.ho)
+    if xpad is None:
+        xpad = pad_input(x, g)
+    cols = xp.empty((g.c, g.kh, g.kw, g.n, i1 - i0, g.wo), dtype=x.dtype)
     xt = xpad.transpose(1, 0, 2, 3)  # (C, N, H, W) view: each tap copy writes contiguous rows
     for p in range(g.kh):
         for q in range(g.kw):
-            rs, cs = tap_slices(g, p, q)
+            rs, cs = tap_slices(g, p, q, (i0, i1))
             cols[:, p, q] = xt[:, :, rs, cs]
-    return cols.reshape(g.groups, (g.c // g.groups) * g.kh * g.kw, g.n * g.ho * g.wo)
+    return cols.reshape(g.groups, (g.c // g.groups) * g.kh * g.kw, g.n * (i1 - i0) * g.wo)
 
 
 def col2im(cols, g):
     """cols (G, Cg*KH*KW, N*HO*WO) -> x (N, C, H, W), summing overlapping contributions."""
-    xp = get_xp(cols)
+    dxpad = col2im_zeros(g, cols)
+    col2im_add(cols, g, dxpad)
+    return col2im_result(dxpad, g)
+
+
+def col2im_zeros(g, like):
+    """The zeroed (C, N, H + 2 PH, W + 2 PW) array col2im_add accumulates into."""
     ph, pw = g.padding
-    cols = cols.reshape(g.c, g.kh, g.kw, g.n, g.ho, g.wo)
-    dxpad = xp.zeros((g.c, g.n, g.h + 2 * ph, g.w + 2 * pw), dtype=cols.dtype)
+    return get_xp(like).zeros((g.c, g.n, g.h + 2 * ph, g.w + 2 * pw), dtype=like.dtype)
+
+
+def col2im_add(cols, g, dxpad, rows=None):
+    """dxpad += the scatter of cols (G, Cg*KH*KW, N*R*WO), the columns of ``rows``."""
+    i0, i1 = rows or (0, g.ho)
+    cols = cols.reshape(g.c, g.kh, g.kw, g.n, i1 - i0, g.wo)
     for p in range(g.kh):
         for q in range(g.kw):
-            rs, cs = tap_slices(g, p, q)
+            rs, cs = tap_slices(g, p, q, (i0, i1))
             dxpad[:, :, rs, cs] += cols[:, p, q]
+
+
+def col2im_result(dxpad, g):
+    """(C, N, H + 2 PH, W + 2 PW) -> the (N, C, H, W) view without the padding."""
+    ph, pw = g.padding
     return dxpad[:, :, ph:ph + g.h, pw:pw + g.w].transpose(1, 0, 2, 3)

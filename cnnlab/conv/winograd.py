@@ -25,10 +25,16 @@ Passes:
     forward          tiles of x, U from w
     backward_data    the same Winograd convolution of dy with the 180-degree
                      rotated, transposed kernel (C, O, 3, 3) and padding 2 - P
-                     (negative padding crops); U is formed from w directly
+                     (negative padding crops), run with the "reversed" matrices
+                     (``cook_toom_reversed``: G' = G J, J the column reversal), so
+                     that its transformed kernel G' (J w J) G'^T is the forward's
+                     U itself, used through a transposed view (alpha^2, C, O)
     backward_weight  the adjoint of the forward in the transformed domain:
                      dU[xi] = sum_tiles (A dy_tile A^T)[xi] (O, tiles) @ V[xi]^T,
                      dw = G^T dU G (alpha^2 GEMMs with K = tiles)
+
+Prepared weights (``prepare``): U per group, computed once for a frozen weight
+and shared by the forward and the data gradient, at any image size.
 
 The work is cut into chunks of tile rows (see ``_Plan``): for small U each chunk
 runs transform -> GEMMs -> inverse transform while its tiles are in cache
@@ -44,7 +50,7 @@ from __future__ import annotations
 import threading
 from fractions import Fraction
 from functools import lru_cache
-from math import lcm
+from math import lcm, prod
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -94,6 +100,10 @@ def _inverse(rows):
     return [r[n:] for r in a]
 
 
+def _as_float(rows) -> np.ndarray:
+    return np.array([[float(v) for v in row] for row in rows])
+
+
 def cook_toom(m: int, r: int, points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Matrices (A^T, G, B^T) of F(m, r) on ``points`` (m + r - 2 finite points) and infinity.
 
@@ -103,6 +113,44 @@ def cook_toom(m: int, r: int, points) -> tuple[np.ndarray, np.ndarray, np.ndarra
     j of B^T is scaled to integers and row j of G by the inverse factor.
     The 1-D identity  y = A^T [(G g) * (B^T d)]  computes y_i = sum_k g_k d_{i+k}.
     """
+    return tuple(_as_float(a) for a in _cook_toom_exact(m, r, points))
+
+
+def cook_toom_reversed(m: int, r: int, points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Matrices (A'^T, G', B'^T) of F(m, r) with G' = G J exactly, for (A^T, G, B^T) =
+    ``cook_toom(m, r, points)`` and J the reversal of the r kernel taps.
+
+    Then G' (J g) = G g: with these matrices the transformed *reversed* kernel is the
+    forward's transformed kernel, so the data gradient (a convolution with the rotated
+    kernel) reuses the forward's U. Row j of G J is a_j^2 (1, 1/a_j, 1/a_j^2) (scaled):
+    the row of the reciprocal point 1/a_j, with 0 and infinity swapped. So these are the
+    Cook-Toom matrices of the reciprocal points, with rows in the forward's order and each
+    row of B'^T divided by the factor that turns the Cook-Toom row of G into G J's.
+    The reciprocal of 0, 1, -1, 1/2, -2 is 0, 1, -1, 2, -1/2: minus the forward's points,
+    so the same float accuracy (docs/convolution.md).
+    """
+    at, g, _ = _cook_toom_exact(m, r, points)
+    alpha = m + r - 1
+    pts = [Fraction(p) for p in points] + [None]                      # None: infinity
+    recip = [None if p == 0 else Fraction(0) if p is None else 1 / p for p in pts]
+    finite = [q for q in recip if q is not None]
+    at2, g2, bt2 = _cook_toom_exact(m, r, finite)                     # infinity row last
+    order = [finite.index(q) if q is not None else alpha - 1 for q in recip]
+    g_rev, bt_rev = [], []
+    for j in range(alpha):
+        want, row = g[j][::-1], g2[order[j]]
+        k = next(k for k in range(r) if row[k] != 0)
+        scale = want[k] / row[k]
+        if [scale * v for v in row] != want:                          # pragma: no cover
+            raise ValueError(f"F({m},{r}) on {points!r} has no reversed form")
+        g_rev.append(want)
+        bt_rev.append([v / scale for v in bt2[order[j]]])
+    at_rev = [[at2[i][order[j]] for j in range(alpha)] for i in range(m)]
+    return _as_float(at_rev), _as_float(g_rev), _as_float(bt_rev)
+
+
+def _cook_toom_exact(m, r, points):
+    """``cook_toom`` in Fractions (lists of rows)."""
     alpha = m + r - 1
     pts = [Fraction(p) for p in points]
     if len(pts) != alpha - 1 or len(set(pts)) != len(pts):
@@ -118,14 +166,15 @@ def cook_toom(m: int, r: int, points) -> tuple[np.ndarray, np.ndarray, np.ndarra
         s = lcm(*(v.denominator for v in bt[j]))
         bt[j] = [v * s for v in bt[j]]
         g[j] = [v / s for v in g[j]]
-    as_float = lambda rows: np.array([[float(v) for v in row] for row in rows])  # noqa: E731
-    return as_float(at), as_float(g), as_float(bt)
+    return at, g, bt
 
 
 @lru_cache(maxsize=None)
-def matrices(m: int, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(A^T, A, B^T, G (x) G) for F(m, 3) in ``dtype``; G (x) G is (alpha^2, 9)."""
-    at, g, bt = cook_toom(m, R, POINTS[m])
+def matrices(m: int, dtype: str, reversed_: bool = False
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(A^T, A, B^T, G (x) G) for F(m, 3) in ``dtype``; G (x) G is (alpha^2, 9).
+    ``reversed_``: the data gradient's matrices (``cook_toom_reversed``)."""
+    at, g, bt = (cook_toom_reversed if reversed_ else cook_toom)(m, R, POINTS[m])
     dt = np.dtype(dtype)
     kg = np.kron(g, g)
     return (at.astype(dt), np.ascontiguousarray(at.T).astype(dt), bt.astype(dt), kg.astype(dt))
@@ -228,7 +277,7 @@ class _Scratch(threading.local):
         self.bufs = {}
 
     def get(self, name, shape, dtype):
-        size = int(np.prod(shape))
+        size = prod(shape)
         key = (name, np.dtype(dtype).str)
         buf = self.bufs.get(key)
         if buf is None or buf.size < size:
@@ -361,12 +410,10 @@ def _transform_dy(dy, plan, chunk, o0, o1, a_mat, out=None):
     return out
 
 
-def transform_weight(w, m, flip=False):
-    """U = G w G^T as (alpha^2, O, C); with ``flip`` the transform of w rotated 180 degrees."""
+def transform_weight(w, m):
+    """U = G w G^T as (alpha^2, O, C) (the forward's; the data gradient uses it transposed)."""
     o, c = w.shape[:2]
     kg = matrices(m, w.dtype.str)[3]
-    if flip:
-        kg = kg[:, ::-1]
     w9 = np.ascontiguousarray(w).reshape(o * c, R * R)
     u = np.empty((kg.shape[0], o, c), dtype=w.dtype)
     u2 = u.reshape(kg.shape[0], o * c)
@@ -383,9 +430,10 @@ def transform_weight(w, m, flip=False):
 
 # --------------------------------------------------------------------------- engine
 
-def winograd_conv(x, u, plan, y):
-    """y (N, O, HO, WO) <- Winograd convolution of x with transformed weights u (alpha^2, O, C)."""
-    at, a_mat, bt, _ = matrices(plan.m, x.dtype.str)
+def winograd_conv(x, u, plan, y, reversed_=False):
+    """y (N, O, HO, WO) <- Winograd convolution of x with transformed weights u (alpha^2, O, C);
+    ``reversed_``: with the data gradient's matrices (u transformed by G' = G J)."""
+    at, a_mat, bt, _ = matrices(plan.m, x.dtype.str, reversed_)
     a2 = plan.alpha ** 2
     if plan.fused:
         def run(chunk):
@@ -493,25 +541,46 @@ class Winograd(ConvAlgorithm):
         return None
 
 
-    def forward(self, x, w, g):
+    def _u(self, w, prepared, i, o0, o1):
+        """Group i's U (alpha^2, Og, Cg): prepared, or transformed now."""
+        return prepared[i] if prepared is not None else transform_weight(w[o0:o1], self.m)
+
+    def forward(self, x, w, g, prepared=None):
         y = np.empty(g.y_shape, dtype=np.result_type(x, w))
         plan = _Plan(self.m, g.n, g.c // g.groups, g.h, g.w, g.o // g.groups, g.ho, g.wo,
                      g.padding[0], g.padding[1])
         with pool_region():
-            for c0, c1, o0, o1 in self._groups(g):
-                u = transform_weight(w[o0:o1], self.m)
+            for i, (c0, c1, o0, o1) in enumerate(self._groups(g)):
+                u = self._u(w, prepared, i, o0, o1)
                 winograd_conv(x[:, c0:c1], u, plan, y[:, o0:o1])
         return y
 
-    def backward_data(self, dy, w, g):
+    def backward_data(self, dy, w, g, prepared=None):
         dx = np.empty(g.x_shape, dtype=np.result_type(dy, w))
         plan = _Plan(self.m, g.n, g.o // g.groups, g.ho, g.wo, g.c // g.groups, g.h, g.w,
                      R - 1 - g.padding[0], R - 1 - g.padding[1])
         with pool_region():
-            for c0, c1, o0, o1 in self._groups(g):
-                u = transform_weight(w[o0:o1], self.m, flip=True)     # (alpha^2, Og, Cg)
-                winograd_conv(dy[:, o0:o1], u.transpose(0, 2, 1), plan, dx[:, c0:c1])
+            for i, (c0, c1, o0, o1) in enumerate(self._groups(g)):
+                u = self._u(w, prepared, i, o0, o1)                   # (alpha^2, Og, Cg)
+                winograd_conv(dy[:, o0:o1], u.transpose(0, 2, 1), plan, dx[:, c0:c1],
+                              reversed_=True)
         return dx
+
+    # U depends on w alone: one prepared U per group serves the forward and the data
+    # gradient at every image size.
+    def prepared_key(self, g, pass_):
+        return None if pass_ == "backward_weight" else ("U", g.groups)
+
+    def prepare(self, w, g, pass_):
+        if self.prepared_key(g, pass_) is None:
+            return None
+        with pool_region():
+            return tuple(transform_weight(w[o0:o1], self.m) for _, _, o0, o1 in self._groups(g))
+
+    def prepared_bytes(self, g, pass_, itemsize):
+        if self.prepared_key(g, pass_) is None:
+            return 0
+        return (self.m + R - 1) ** 2 * g.o * (g.c // g.groups) * itemsize
 
     def backward_weight(self, dy, x, g):
         dw = np.empty(g.w_shape, dtype=np.result_type(dy, x))

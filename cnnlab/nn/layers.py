@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from ..conv import ConvGeometry, WeightCache, select
 from ..conv.geometry import pair
 from ..errors import ShapeError
 from .init import default_rng, he_normal
@@ -19,8 +20,24 @@ from .parameter import Parameter
 
 
 class Conv2d(Module):
+    """y = conv(x, W) + b by the algorithm ``algo`` ("auto": chosen per shape, cnnlab.conv).
+
+    Frozen weight: while ``weight.frozen`` (and ``cache_weights``, the default), the layer
+    keeps what the algorithm derives from W alone (Winograd's U = G W G^T, FFT's kernel
+    spectra) in ``weight_cache`` (a :class:`cnnlab.conv.WeightCache`) instead of recomputing
+    it on every forward and data-gradient pass, and "auto" times the algorithms that way
+    (and keeps an algorithm whose weights the layer already holds when it measured within
+    15% of the fastest, ``cnnlab.conv.chooser.REUSE_SLACK``).
+    The cache is dropped when the weight is given new data (``weight.data = ...``,
+    ``load_state_dict``) or is seen trainable; while it is held the weight array is
+    read-only, so edit a frozen weight by assigning a new array, or call
+    ``clear_weight_cache()`` first. Memory: ``weight_cache.nbytes`` (4x the weight for
+    Winograd F(4x4), 1.8x for F(2x2)); ``cache_weights=False`` turns it off.
+    """
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, algo="auto", rng=None, dtype=np.float32):
+                 groups=1, bias=True, algo="auto", rng=None, dtype=np.float32,
+                 cache_weights=True):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ShapeError(f"groups={groups} must divide in_channels={in_channels} and "
@@ -37,18 +54,56 @@ class Conv2d(Module):
             self.bias = Parameter(np.zeros(out_channels, dtype=dtype))
         else:
             self.bias = None
+        self.cache_weights = bool(cache_weights)
+        self.weight_cache = WeightCache()
+
+    # -- the convolution itself (also used by cnnlab.style's input-gradient pass) ----------
+    def geometry(self, x_shape) -> ConvGeometry:
+        """The ConvGeometry of this layer on an input of shape ``x_shape`` (N, C, H, W)."""
+        return ConvGeometry.of(x_shape, self.weight.data.shape, self.stride, self.padding,
+                               self.dilation, self.groups)
+
+    def conv(self, x, g=None):
+        """conv(x, W) without the bias: x (N, C, H, W) -> (N, O, HO, WO)."""
+        return self._run("forward", x, g if g is not None else self.geometry(x.shape))
+
+    def conv_transpose(self, dy, g):
+        """The data gradient dx = conv_transpose(dy, W): dy (N, O, HO, WO) -> (N, C, H, W),
+        for the input geometry ``g``."""
+        return self._run("backward_data", dy, g)
+
+    def clear_weight_cache(self) -> None:
+        """Drop the prepared weights (and make the weight array writeable again)."""
+        self.weight_cache.clear()
+
+    def _run(self, pass_, a, g):
+        w = self.weight.data
+        frozen = self.cache_weights and self.weight.frozen
+        if not frozen and len(self.weight_cache):
+            self.weight_cache.clear()           # trainable again: its transforms go stale
+        held = self.weight_cache.held(g, pass_) if frozen and w is self.weight_cache.array else ()
+        algorithm = select(g, pass_, self.algo, a.dtype, prepared=frozen, held=held)
+        prepared = self.weight_cache.get(algorithm, w, g, pass_) if frozen else None
+        return algorithm.run(pass_, a, w, g, prepared=prepared)
 
     def forward(self, x):
+        """As ``F.conv2d_forward`` (and with its cache), through ``conv``."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ShapeError(f"Conv2d expects input with {self.in_channels} channels (N, "
                              f"{self.in_channels}, H, W), got {tuple(x.shape)}")
-        b = self.bias.data if self.bias is not None else None
-        out, self._cache = F.conv2d_forward(x, self.weight.data, b, self.stride, self.padding,
-                                            self.dilation, self.groups, self.algo)
+        g = self.geometry(x.shape)
+        out = self.conv(x, g)
+        if self.bias is not None:
+            out += self.bias.data.reshape(1, -1, 1, 1)
+        self._cache = (x, self.weight.data, self.bias is not None, g, self.algo)
         return out
 
     def backward(self, dout):
         need_dw = not self.weight.frozen
+        if not need_dw and self._cache[1] is self.weight.data:   # input gradient only
+            dx = self.conv_transpose(dout, self._cache[3]) if self.need_input_grad else None
+            self._cache = None
+            return dx
         dx, dw, db = F.conv2d_backward(dout, self._cache, self.need_input_grad, need_dw)
         self._cache = None
         if need_dw:
@@ -69,6 +124,8 @@ class Conv2d(Module):
             s += ", bias=False"
         if self.algo != "auto":
             s += f", algo={self.algo!r}"
+        if not self.cache_weights:
+            s += ", cache_weights=False"
         return s
 
 

@@ -10,6 +10,9 @@ public functional and convolution APIs and keep only what the data gradient need
 
     conv   y = conv(x, W) + b     keeps (W, geometry)        dx = conv_transpose(dy, W)
                                   (not x: no weight gradient is ever computed)
+                                  through Conv2d.conv / conv_transpose, so each layer
+                                  keeps its transformed weights (Winograd's U) across
+                                  evaluations: its weight is frozen (Conv2d.weight_cache)
     relu   y = max(y, 0) in place keeps the mask y > 0       dx = dy * mask, in place
     pool   2x2/2 max              keeps the winners (bool)    dx = dy routed to the winner
            2x2/2 average          keeps nothing but the shape dx = dy / 4 on each tap
@@ -27,7 +30,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..conv import ConvGeometry, default_algo, select
+from ..conv import default_algo
 from ..errors import CnnlabError
 from ..models.vgg import CONFIGS, layer_names, make_features
 
@@ -168,7 +171,8 @@ class VGGFeatures(nn.Module):
         activations roughly constant from layer to layer, but max pooling raises it at every
         block, so with ``calibration`` (a (1, 3, H, W) network input) each conv is then
         rescaled, first to last, so that its ReLU output has root-mean-square ``rms`` on
-        that image (a data-dependent initialisation, as LSUV, Mishkin & Matas 2016). With
+        that image (a data-dependent initialisation, as LSUV, Mishkin & Matas 2016; new
+        arrays, never in place, so no layer keeps transforms of the old weights). With
         zero biases the network is positively homogeneous, so ``rms`` sets the balance of the
         losses: content scales as rms^2, style as rms^4.
         """
@@ -190,9 +194,9 @@ class VGGFeatures(nn.Module):
                 y = m.forward(x)
                 m._cache = None
                 scale = rms / max(float(np.sqrt(np.mean(np.maximum(y, 0) ** 2))), 1e-12)
-                m.weight.data *= np.float32(scale)
+                m.weight.data = m.weight.data * np.float32(scale)
                 if m.bias is not None:
-                    m.bias.data *= np.float32(scale)
+                    m.bias.data = m.bias.data * np.float32(scale)
                 x = y * np.float32(scale)
             else:
                 x = m.forward(x)
@@ -215,9 +219,8 @@ class VGGFeatures(nn.Module):
         mods = list(self.features)
         for i, (name, m) in enumerate(zip(self.names, mods)):
             if isinstance(m, nn.Conv2d):
-                w = m.weight.data
-                g = ConvGeometry.of(x.shape, w.shape, m.stride, m.padding, m.dilation, m.groups)
-                y = select(g, "forward", m.algo, x.dtype).forward(x, w, g)
+                g = m.geometry(x.shape)
+                y = m.conv(x, g)
                 if m.bias is not None:
                     y += m.bias.data.reshape(1, -1, 1, 1)
                 tape.append(("conv", m, g))
@@ -279,7 +282,7 @@ class VGGFeatures(nn.Module):
                     np.multiply(g, entry[1], out=g)
             elif kind == "conv":
                 _, m, geom = entry
-                g = select(geom, "backward_data", m.algo, g.dtype).backward_data(g, m.weight.data, geom)
+                g = m.conv_transpose(g, geom)
             else:
                 g = entry[1](g, entry[2])
         if g is None:
