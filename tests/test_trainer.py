@@ -188,3 +188,21 @@ def test_arrays_file_without_checkpoint_metadata_is_refused(tmp_path):
     model = tiny_net()
     save_checkpoint(tmp_path / "ok.npz", model, info={"epoch": 0})
     assert load_checkpoint(tmp_path / "ok.npz").info["epoch"] == 0
+
+
+def test_cli_default_is_one_worker_with_augmentation_and_none_without():
+    from cnnlab.errors import CnnlabError
+    from cnnlab.train.commands import _workers
+    assert _workers(None, RandomCrop(28, padding=2)) == 1
+    assert _workers(None, None) == 0
+    assert _workers(3, None) == 3
+    with pytest.raises(CnnlabError, match="--workers must be 0 or more"):
+        _workers(-1, None)
+
+
+def test_epoch_line_reports_the_data_wait(digits):
+    lines = []
+    model = tiny_net()
+    Trainer(model, optimizer=Adam(model.parameters(), 0.01), batch_size=32, epochs=1,
+            progress=False, log=lines.append).fit(*digits)
+    assert len(lines) == 1 and "data wait " in lines[0] and lines[0].endswith("%")

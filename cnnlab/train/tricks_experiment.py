@@ -10,7 +10,7 @@ digits    1,000 digits of mnist-5k (100 per class, drawn once), tested on its 1,
           held-out digits: no augmentation vs random shifts vs the affine warp of
           ``cnnlab train`` (shifts, rotations, stretches).
 fashion   2,000 Fashion-MNIST training images (200 per class), tested on the official
-          10,000: no augmentation vs shifts + horizontal flips.
+          10,000: no augmentation vs shifts, shifts + horizontal flips, the affine warp.
 dropout   the 1,000 digits without augmentation: LeNet without dropout, with dropout
           (p = 0.5 after fc1) and with DropConnect (p = 0.5 on fc2's weights).
 
@@ -58,7 +58,8 @@ ARMS = {
                [("none", "lenet", "none"), ("shift", "lenet", "shift"),
                 ("affine", "lenet", "affine")]),
     "fashion": ("fashion-mnist", "fashion_per_class", "fashion_epochs",
-                [("none", "lenet", "none"), ("shift+flip", "lenet", "shift+flip")]),
+                [("none", "lenet", "none"), ("shift", "lenet", "shift"),
+                 ("shift+flip", "lenet", "shift+flip"), ("affine", "lenet", "affine")]),
     "dropout": ("mnist-5k", "digits_per_class", "digits_epochs",
                 [("no dropout", "lenet_plain", "none"), ("dropout 0.5", "lenet_dropout", "none"),
                  ("DropConnect 0.5", "lenet_dropconnect", "none")]),
