@@ -181,6 +181,14 @@ register(OpCase(
     lambda dout, c: dict(zip(("x", "w", "b"), F.dropconnect_backward(dout, c))),
     lambda t: TF.linear(t["x"], t["w"] * torch.tensor(_mask((3, 6), 0.4, 3)), t["b"])))
 register(OpCase(
+    "dropconnect per-sample p=0.4",
+    lambda rng: {"x": rng.standard_normal((5, 6)), "w": rng.standard_normal((3, 6)), "b": rng.standard_normal(3)},
+    lambda d: F.dropconnect_forward(d["x"], d["w"], d["b"], 0.4, np.random.default_rng(3),
+                                    per_sample=True),
+    lambda dout, c: dict(zip(("x", "w", "b"), F.dropconnect_backward(dout, c))),
+    lambda t: torch.einsum("nkd,nd->nk", t["w"] * torch.tensor(_mask((5, 3, 6), 0.4, 3)), t["x"])
+    + t["b"]))
+register(OpCase(
     "dropconnect eval",
     lambda rng: {"x": rng.standard_normal((5, 6)), "w": rng.standard_normal((3, 6)), "b": rng.standard_normal(3)},
     lambda d: F.dropconnect_forward(d["x"], d["w"], d["b"], 0.4, None, training=False),

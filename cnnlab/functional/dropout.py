@@ -4,11 +4,17 @@ dropout (train): out = x * m / (1 - p),  m ~ Bernoulli(1 - p) per element; (eval
     dx = dout * m / (1 - p)
 
 DropConnect on a linear layer (train): out = x @ (w * M / (1 - p)).T + b, one mask M over the
-weights per mini-batch (the paper draws one per example; one per batch keeps it a single GEMM).
-Evaluation uses the expected weights w (the inverted scaling makes E[w * M / (1-p)] = w).
-    dx = dout @ w_m,  dw = (dout.T @ x) * M / (1 - p),  db = sum_n dout,  with w_m = w * M / (1-p)
+weights per mini-batch (one GEMM), or with ``per_sample=True`` one mask M_n per example as in
+the paper: out[n] = (w * M_n / (1 - p)) @ x[n] + b, an (N, K, D) mask (memory N K D, so for
+small layers). Evaluation uses the expected weights w (the inverted scaling makes
+E[w * M / (1-p)] = w: the paper's "mean" inference rule).
+    per batch:  dx = dout @ w_m,  dw = (dout.T @ x) * M / (1 - p),  with w_m = w * M / (1-p)
+    per sample: dx[n] = dout[n] @ w_m[n],  dw = sum_n outer(dout[n], x[n]) * M_n / (1 - p)
+    db = sum_n dout
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ..errors import CnnlabError
 from .linear import linear_backward, linear_forward
@@ -32,12 +38,19 @@ def dropout_backward(dout, cache):
     return dout if cache is None else dout * cache
 
 
-def dropconnect_forward(x, w, b, p, rng, training=True):
-    """x (N, D), w (K, D), b (K,) or None -> out (N, K)."""
+def dropconnect_forward(x, w, b, p, rng, training=True, per_sample=False):
+    """x (N, D), w (K, D), b (K,) or None -> out (N, K); see the module docstring."""
     _check_p(p)
     if not training or p == 0:
         out, lin_cache = linear_forward(x, w, b)
         return out, (lin_cache, None)
+    if per_sample:
+        keep = (rng.random((x.shape[0],) + w.shape) >= p).astype(w.dtype) / w.dtype.type(1 - p)
+        wm = w * keep                                          # (N, K, D)
+        out = np.matmul(wm, x[:, :, None])[:, :, 0]
+        if b is not None:
+            out = out + b
+        return out, ("per_sample", x, wm, keep, b is not None)
     keep = (rng.random(w.shape) >= p).astype(w.dtype) / w.dtype.type(1 - p)
     out, lin_cache = linear_forward(x, w * keep, b)
     return out, (lin_cache, keep)
@@ -45,6 +58,12 @@ def dropconnect_forward(x, w, b, p, rng, training=True):
 
 def dropconnect_backward(dout, cache, need_dx=True, need_dw=True):
     """Return (dx, dw, db)."""
+    if isinstance(cache[0], str):                              # "per_sample"
+        _, x, wm, keep, has_b = cache
+        dx = np.matmul(dout[:, None, :], wm)[:, 0, :] if need_dx else None
+        dw = ((dout[:, :, None] * keep) * x[:, None, :]).sum(axis=0) if need_dw else None
+        db = dout.sum(axis=0) if (need_dw and has_b) else None
+        return dx, dw, db
     lin_cache, keep = cache
     dx, dw_masked, db = linear_backward(dout, lin_cache, need_dx, need_dw)
     dw = dw_masked if (keep is None or dw_masked is None) else dw_masked * keep

@@ -34,10 +34,11 @@ def seed_net(in_channels=1, num_classes=10, input_size=28, rng=None):
 def lenet(in_channels=1, num_classes=10, input_size=28, rng=None, dropout=0.3, dropconnect=0.0):
     """LeNet (see the module docstring). ``dropout``: the probability of the dropout layer
     after fc1 (0: the layer is left out); ``dropconnect`` > 0 makes fc2 a
-    :class:`~cnnlab.nn.DropConnectLinear` that drops each weight with that probability
+    :class:`~cnnlab.nn.DropConnectLinear` that drops each weight with that probability, one
+    mask per example as in Wan et al.
     (the names and shapes of the parameters do not change)."""
     side = ((input_size // 2) - 4) // 2
-    fc2 = (nn.DropConnectLinear(120, 84, p=dropconnect, rng=rng) if dropconnect > 0
+    fc2 = (nn.DropConnectLinear(120, 84, p=dropconnect, rng=rng, per_sample=True) if dropconnect > 0
            else nn.Linear(120, 84, rng=rng))
     regularizer = [nn.Dropout(dropout, rng=rng)] if dropout > 0 else [nn.Identity()]
     return nn.Sequential(
@@ -71,7 +72,7 @@ def small_vgg(in_channels=1, num_classes=10, input_size=28, rng=None, widths=(32
 
 
 def lenet_dropconnect(in_channels=1, num_classes=10, input_size=28, rng=None):
-    """LeNet with DropConnect (p = 0.5) on fc2 instead of dropout after fc1."""
+    """LeNet with DropConnect (p = 0.5, one mask per example) on fc2 instead of dropout after fc1."""
     return lenet(in_channels, num_classes, input_size, rng, dropout=0.0, dropconnect=0.5)
 
 

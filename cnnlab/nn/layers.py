@@ -163,23 +163,29 @@ class Linear(Module):
 
 
 class DropConnectLinear(Linear):
-    """Linear layer whose weights are dropped with probability ``p`` in training (Wan et al. 2013)."""
+    """Linear layer whose weights are dropped with probability ``p`` in training (Wan et al. 2013).
 
-    def __init__(self, in_features, out_features, p=0.5, bias=True, rng=None, dtype=np.float32):
+    ``per_sample``: one weight mask per example, as in the paper (memory batch x out x in),
+    instead of one per mini-batch (a single GEMM); see :mod:`cnnlab.functional.dropout`.
+    """
+
+    def __init__(self, in_features, out_features, p=0.5, bias=True, rng=None, dtype=np.float32,
+                 per_sample=False):
         super().__init__(in_features, out_features, bias, rng, dtype)
-        self.p = p
+        self.p, self.per_sample = p, bool(per_sample)
         self.rng = rng if rng is not None else np.random.default_rng()
 
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
-        out, self._cache = F.dropconnect_forward(x, self.weight.data, b, self.p, self.rng, self.training)
+        out, self._cache = F.dropconnect_forward(x, self.weight.data, b, self.p, self.rng,
+                                                 self.training, per_sample=self.per_sample)
         return out
 
     def _grads(self, dout):
         return F.dropconnect_backward(dout, self._cache, self.need_input_grad, not self.weight.frozen)
 
     def extra_repr(self):
-        return super().extra_repr() + f", p={self.p}"
+        return super().extra_repr() + f", p={self.p}" + (", per_sample=True" if self.per_sample else "")
 
 
 class _BatchNorm(Module):
