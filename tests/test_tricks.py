@@ -5,19 +5,10 @@ import numpy as np
 import pytest
 
 from cnnlab import nn
-from cnnlab.cli import main
 from cnnlab.data.dataset import sample_per_class
 from cnnlab.errors import CnnlabError
 from cnnlab.models import build_model
-
-
-def run(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from test_cli import run          # (exit code, stdout, stderr) of `cnnlab ARGS`
 
 
 def test_sample_per_class_draws_n_of_each_class_without_repeats():
