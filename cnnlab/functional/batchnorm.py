@@ -7,9 +7,11 @@ Statistics are per feature D / per channel C, over N (and H, W):
     xhat = (x - mu) / sqrt(var + eps),   out = gamma * xhat + beta
 
 Backward (train), m = number of values per feature:
-    dxhat = dout * gamma
-    dx = (m * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)) / (m * sqrt(var + eps))
     dgamma = sum(dout * xhat),  dbeta = sum(dout)
+    dx = gamma / sqrt(var + eps) * (dout - dbeta / m - xhat * dgamma / m)
+(the textbook form with dxhat = dout * gamma, since sum(dxhat) = gamma dbeta and
+sum(dxhat * xhat) = gamma dgamma). Sums per channel run over the contiguous H*W axis first
+(numpy's pairwise summation), then over N; element-wise steps work in place where they can.
 In eval mode the statistics are constants: dx = dout * gamma / sqrt(var + eps).
 
 The running statistics follow PyTorch: running = (1 - momentum) * running + momentum * batch,
@@ -33,6 +35,13 @@ def _axes(x, gamma):
     return axes, shape
 
 
+def _channel_sum(a):
+    """Per-feature sums of (N, D) or (N, C, H, W) ``a`` -> (D,) / (C,)."""
+    if a.ndim == 2:
+        return a.sum(axis=0)
+    return a.reshape(a.shape[0], a.shape[1], -1).sum(axis=2).sum(axis=0)
+
+
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, eps=1e-5):
     """Return (out, cache). In training, cache carries the batch mean/var for the running update."""
     xp = get_xp(x)
@@ -42,33 +51,38 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, 
         if m < 2:
             raise ShapeError(f"batch norm in training mode needs more than 1 value per channel, "
                              f"got input {tuple(x.shape)}; use a larger batch or model.eval()")
-        mu = x.mean(axis=axes)
-        xc = x - mu.reshape(shape)
-        var = (xc * xc).mean(axis=axes)
+        mu = _channel_sum(x) / x.dtype.type(m)
+        xhat = x - mu.reshape(shape)
+        var = _channel_sum(xhat * xhat) / x.dtype.type(m)
     else:
         mu, var = running_mean, running_var
-        xc = x - mu.reshape(shape)
+        xhat = x - mu.reshape(shape)
     inv_std = 1.0 / xp.sqrt(var + eps)
-    xhat = xc * inv_std.reshape(shape)
-    out = xhat * gamma.reshape(shape) + beta.reshape(shape)
+    xhat *= inv_std.reshape(shape).astype(xhat.dtype, copy=False)
+    out = xhat * gamma.reshape(shape)
+    out += beta.reshape(shape)
     return out, (xhat, gamma, inv_std, axes, shape, training, mu, var)
 
 
 def batchnorm_backward(dout, cache, need_dx=True, need_dw=True):
     """Return (dx, dgamma, dbeta)."""
     xhat, gamma, inv_std, axes, shape, training, _, _ = cache
-    dgamma = (dout * xhat).sum(axis=axes) if need_dw else None
-    dbeta = dout.sum(axis=axes) if need_dw else None
+    sums = need_dw or (need_dx and training)
+    dgamma = _channel_sum(dout * xhat) if sums else None
+    dbeta = _channel_sum(dout) if sums else None
     dx = None
     if need_dx:
-        dxhat = dout * gamma.reshape(shape)
+        scale = (gamma * inv_std).reshape(shape)
         if training:
             m = dout.size // dout.shape[1]
-            s1 = dxhat.sum(axis=axes).reshape(shape)
-            s2 = (dxhat * xhat).sum(axis=axes).reshape(shape)
-            dx = (dxhat - s1 / m - xhat * (s2 / m)) * inv_std.reshape(shape)
+            dx = xhat * (-dgamma / m).reshape(shape)
+            dx += dout
+            dx -= (dbeta / m).reshape(shape)
+            dx *= scale
         else:
-            dx = dxhat * inv_std.reshape(shape)
+            dx = dout * scale
+    if not need_dw:
+        dgamma = dbeta = None
     return dx, dgamma, dbeta
 
 

@@ -44,16 +44,17 @@ def max_pool_forward(x, kernel_size=2, stride=None, padding=0):
         xpad[:, :, g.padding[0]:g.padding[0] + g.h, g.padding[1]:g.padding[1] + g.w] = x
     else:
         xpad = x
-    out = None
-    arg = xp.zeros((g.n, g.c, g.ho, g.wo), dtype=xp.int32)
-    for k, (p, q) in enumerate(_taps(g)):
-        v = xpad[(slice(None), slice(None)) + tap_slices(g, p, q)]
-        if out is None:
-            out = v.copy()
-            continue
-        better = v > out
-        out[better] = v[better]
-        arg[better] = k
+    views = [xpad[(slice(None), slice(None)) + tap_slices(g, p, q)] for p, q in _taps(g)]
+    out = views[0].copy()
+    for v in views[1:]:
+        xp.maximum(out, v, out=out)
+    # the winning tap of each output: the first that equals the maximum (written last to
+    # first, so the first one wins); uint8 while there are at most 256 taps
+    arg = xp.zeros(out.shape, dtype=xp.uint8 if len(views) <= 256 else xp.int32)
+    hit = xp.empty(out.shape, dtype=bool)
+    for k in range(len(views) - 1, -1, -1):
+        xp.equal(views[k], out, out=hit)
+        xp.copyto(arg, k, where=hit)
     return out, (g, arg)
 
 
@@ -62,8 +63,13 @@ def max_pool_backward(dout, cache):
     xp = get_xp(dout)
     ph, pw = g.padding
     dxpad = xp.zeros((g.n, g.c, g.h + 2 * ph, g.w + 2 * pw), dtype=dout.dtype)
+    overlap = g.stride[0] < g.kh or g.stride[1] < g.kw
     for k, (p, q) in enumerate(_taps(g)):
-        dxpad[(slice(None), slice(None)) + tap_slices(g, p, q)] += dout * (arg == k)
+        window = dxpad[(slice(None), slice(None)) + tap_slices(g, p, q)]
+        if overlap:                               # windows share inputs: accumulate
+            window += dout * (arg == k)
+        else:                                     # each input in one window: write it once
+            xp.multiply(dout, arg == k, out=window)
     return dxpad[:, :, ph:ph + g.h, pw:pw + g.w]
 
 
