@@ -133,7 +133,7 @@ def _register_train(subparsers) -> None:
     p.add_argument("--workers", type=int, metavar="K", default=None,
                    help="background workers that prepare augmented batches while the model "
                         "trains (default: 1 with augmentation, which kept the time spent "
-                        "waiting for data under 0.1%% of an epoch of small_vgg on "
+                        "waiting for data at about 0.1%% of an epoch of small_vgg on "
                         "Fashion-MNIST; 0 without: build batches inline); does not change "
                         "the results")
     p.add_argument("--worker-mode", choices=("thread", "process"), default="thread",
