@@ -473,18 +473,55 @@ def test_parallel_map_keeps_order_and_nests_serially():
     assert out == [[(i, j) for j in range(3)] for i in range(5)]
 
 
-def test_results_do_not_depend_on_the_thread_count():
-    g, args = _case((2, 8, 23, 21, 8, 3, 3, 1, 1, 1), seed=3)
+@pytest.mark.parametrize("shape", [(2, 8, 23, 21, 8, 3, 3, 1, 1, 1), (1, 6, 9, 13, 4, 3, 3, 2, 1, 2),
+                                   (1, 3, 17, 12, 5, 3, 3, 1, 1, 1)], ids=str)
+def test_results_do_not_depend_on_the_thread_count(shape):
+    g, args = _case(shape, seed=3)
     args32 = {p: [v.astype(np.float32) for v in a] for p, a in args.items()}
     old = conv.get_num_threads()
     try:
-        for name in ("winograd4", "winograd2", "fft"):
+        for name in ("im2col", "winograd4", "winograd2", "fft"):
+            if any(ALGORITHMS[name].supports(g, p) for p in PASSES):
+                continue
             conv.set_num_threads(1)
             one = [ALGORITHMS[name].run(p, *args32[p], g) for p in PASSES]
-            conv.set_num_threads(2)
-            two = [ALGORITHMS[name].run(p, *args32[p], g) for p in PASSES]
-            for a, b in zip(one, two):
-                assert np.allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+            for n in (2, 3):
+                conv.set_num_threads(n)
+                more = [ALGORITHMS[name].run(p, *args32[p], g) for p in PASSES]
+                for a, b in zip(one, more):
+                    assert np.allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max()), (name, n)
+    finally:
+        conv.set_num_threads(old)
+
+
+def test_im2col_runs_on_the_pool_not_on_blas_threads(monkeypatch):
+    """With a worker pool, im2col's GEMMs run inside pool regions (BLAS on one thread: its
+    idle threads busy-wait after a multi-threaded call and would take a core from the
+    pool), cut into one block per thread (forward, weight gradient) or channel blocks
+    within groups (data gradient)."""
+    if not threads.can_parallelize():
+        pytest.skip("needs threadpoolctl")
+    g, args = _case((1, 6, 15, 11, 4, 3, 3, 1, 1, 2), seed=5)
+    calls = []
+    real = threads.blas_threads
+
+    def spy(n):
+        calls.append(n)
+        return real(n)
+    monkeypatch.setattr(threads, "blas_threads", spy)
+    old = conv.get_num_threads()
+    try:
+        conv.set_num_threads(2)
+        for p in PASSES:
+            calls.clear()
+            ALGORITHMS["im2col"].run(p, *args[p], g)
+            assert calls and set(calls) == {1}, p
+        assert len(gemm.blocks(g, 8, 2)) == 2 and gemm.blocks(g, 8) == [(0, 1, 0, g.ho)]
+        assert gemm._channel_blocks(g, 2) == [(0, 3), (3, 6)]
+        assert gemm._channel_blocks(g, 4) == [(0, 1), (1, 3), (3, 4), (4, 6)]
+        wide = ConvGeometry.of((5, 2, 8, 8), (3, 2, 3, 3), padding=1)
+        parts = gemm.blocks(wide, 8, 2)
+        assert len(parts) == 2 and [(n0, n1) for n0, n1, _, _ in parts] == [(0, 2), (2, 5)]
     finally:
         conv.set_num_threads(old)
 

@@ -196,6 +196,38 @@ def test_transformed_weights_are_kept_across_evaluations_with_identical_results(
     assert all(np.array_equal(a, b) for a, b in zip(again, reference))
 
 
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_results_do_not_depend_on_the_thread_count(pooling, monkeypatch):
+    """The style pass splits its element-wise layers (bias, ReLU, 2x2 pools, their backward
+    passes) by channels and the style backward products by columns over the worker pool:
+    the same numbers as on one thread (element-wise: bit for bit)."""
+    from cnnlab.style import vgg_features
+    monkeypatch.setattr(vgg_features, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(L, "PARALLEL_MIN_MACS", 1)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 23, 17)).astype(np.float32)        # odd sizes, a batch
+    net = VGGFeatures("vgg19", "relu3_1", pooling, rng=np.random.default_rng(0))
+    f = rng.standard_normal((2, 8, 7, 9))
+    target = L.style_target(rng.standard_normal((1, 8, 7, 9)))
+    old = conv.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            conv.set_num_threads(n)
+            with conv.default_algo("im2col"):
+                feats = net.forward(x, keep=["relu1_2", "relu2_1", "relu3_1"])
+                dx = net.backward({k: (lambda v=v: np.sign(v) * v) for k, v in feats.items()})
+            _, cache = L.style_loss_forward(f, target, 3.0)
+            results.append([*feats.values(), dx, L.style_loss_backward(1.0, cache)])
+    finally:
+        conv.set_num_threads(old)
+    for more in results[1:]:
+        for a, b in zip(results[0][:3], more[:3]):
+            assert np.array_equal(a, b)
+        for a, b in zip(results[0][3:], more[3:]):
+            assert np.allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(a).max())
+
+
 def test_recalibrating_after_an_evaluation_uses_the_new_weights():
     """randomize/calibration rescale the weights into new arrays (never in place), so a net
     that already holds transformed weights runs on the new ones."""

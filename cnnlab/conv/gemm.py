@@ -12,6 +12,16 @@ A column matrix over COLS_BYTES is built and used in blocks (``blocks``: groups 
 images, or rows of one image; each block's GEMM still has thousands of columns, plenty for
 BLAS; dW sums over the blocks), so a 64-channel layer at 512x341 needs 64 MB of columns,
 not 400.
+
+Threads (numpy, several threads, see :mod:`cnnlab.conv.threads`): the work runs on the
+worker pool with single-threaded BLAS, never on BLAS's own threads (whose busy-waiting
+after each call would take a core from the next pool region). The forward and the weight
+gradient cut the output into at least one block per thread (``blocks(g, itemsize,
+parts)``, each within COLS_BYTES / parts, so the blocks in flight together stay within
+COLS_BYTES), each building its own columns and running its own GEMM; the weight gradient
+sums the blocks' dW in block order. The data gradient splits each block's input channels
+(the rows of W^T and of the column matrix) so that every thread scatters into its own
+channels of dx.
 """
 from __future__ import annotations
 
@@ -22,28 +32,59 @@ import numpy as np
 from ..backend import get_xp
 from .algorithm import ConvAlgorithm, register
 from .im2col import col2im_add, col2im_result, col2im_zeros, im2col, pad_input
+from .threads import parallel_map, pool_region, pool_threads
 
 COLS_BYTES = 64 << 20
 
 
-def blocks(g, itemsize: int) -> list[tuple[int, int, int, int]]:
+def blocks(g, itemsize: int, parts: int = 1) -> list[tuple[int, int, int, int]]:
     """Pieces (n0, n1, i0, i1) of the output (images n0..n1-1, rows i0..i1-1) whose columns
-    take at most COLS_BYTES: all of it, else groups of whole images, else rows of one image."""
+    take at most COLS_BYTES / parts: all of it, else groups of whole images, else rows of
+    one image; with ``parts`` > 1 (threads), at least ``parts`` pieces where the output has
+    that many rows, of equal size."""
+    budget = max(1, COLS_BYTES // parts)
     per_row = g.c * g.kh * g.kw * g.wo * itemsize
     per_image = per_row * g.ho
-    if per_image * g.n <= COLS_BYTES:
-        return [(0, g.n, 0, g.ho)]
-    if per_image <= COLS_BYTES:
-        k = COLS_BYTES // per_image
-        return [(n, min(g.n, n + k), 0, g.ho) for n in range(0, g.n, k)]
-    step = max(1, COLS_BYTES // per_row)
-    return [(n, n + 1, i, min(g.ho, i + step)) for n in range(g.n) for i in range(0, g.ho, step)]
+    if parts == 1:
+        if per_image * g.n <= budget:
+            return [(0, g.n, 0, g.ho)]
+        if per_image <= budget:
+            k = budget // per_image
+            return [(n, min(g.n, n + k), 0, g.ho) for n in range(0, g.n, k)]
+        step = max(1, budget // per_row)
+        return [(n, n + 1, i, min(g.ho, i + step)) for n in range(g.n) for i in range(0, g.ho, step)]
+    if g.n >= parts and per_image <= budget:        # whole images, parts or more pieces
+        k = max(1, min(budget // per_image, -(-g.n // parts)))
+        return [(n0, n1, 0, g.ho) for n0, n1 in _even(g.n, -(-g.n // k))]
+    step = max(1, budget // per_row)                # rows: parts pieces per image or more
+    k = max(-(-g.ho // step), -(-parts // g.n))
+    return [(n, n + 1, i0, i1) for n in range(g.n) for i0, i1 in _even(g.ho, k)]
+
+
+def _even(size: int, parts: int) -> list[tuple[int, int]]:
+    """range(size) cut into ``parts`` contiguous pieces whose lengths differ by at most one."""
+    parts = max(1, min(parts, size))
+    edges = [size * i // parts for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _threads(xp) -> int:
+    """Threads to cut the work for: the pool's (numpy only), else 1."""
+    return pool_threads() if xp is np else 1
 
 
 def _piece(g, block):
     """(geometry of images n0..n1-1, output rows (i0, i1)) of a block."""
     n0, n1, i0, i1 = block
     return replace(g, n=n1 - n0), (i0, i1)
+
+
+def _channel_blocks(g, parts: int) -> list[tuple[int, int]]:
+    """Input channels [c0, c1) cut into ``parts`` blocks, further cut at group boundaries."""
+    cg = g.c // g.groups
+    cuts = sorted({c for c0, c1 in _even(g.c, parts) for c in (c0, c1)}
+                  | set(range(0, g.c + 1, cg)))
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def _dy_rows(dy, g, rows):
@@ -63,42 +104,72 @@ class Im2colGemm(ConvAlgorithm):
     def forward(self, x, w, g, prepared=None):
         xp = get_xp(x, w)
         wmat = w.reshape(g.groups, g.o // g.groups, -1)             # (G, Og, K)
-        parts = blocks(g, np.dtype(x.dtype).itemsize)
+        parts = blocks(g, np.dtype(x.dtype).itemsize, _threads(xp))
         if len(parts) == 1:
-            return _from_gemm(xp.matmul(wmat, im2col(x, g)), g)     # (G, K, N*L) columns
+            with pool_region():                                     # BLAS: one thread (if a pool)
+                return _from_gemm(xp.matmul(wmat, im2col(x, g)), g)  # (G, K, N*L) columns
         xpad = pad_input(x, g)
         y = xp.empty(g.y_shape, dtype=xp.result_type(x, w))
-        for n0, n1, i0, i1 in parts:
-            gb, rows = _piece(g, (n0, n1, i0, i1))
+
+        def piece(block):
+            n0, n1, i0, i1 = block
+            gb, rows = _piece(g, block)
             yb = xp.matmul(wmat, im2col(x[n0:n1], gb, rows, xpad[n0:n1]))  # (G, Og, n*R*WO)
             y[n0:n1, :, i0:i1] = yb.reshape(g.o, n1 - n0, i1 - i0, g.wo).transpose(1, 0, 2, 3)
+
+        with pool_region():
+            parallel_map(piece, parts)
         return y
 
     def backward_data(self, dy, w, g, prepared=None):
         xp = get_xp(dy, w)
         wt = w.reshape(g.groups, g.o // g.groups, -1).transpose(0, 2, 1)   # (G, K, Og)
+        dtype = xp.result_type(dy, w)
+        nthreads = _threads(xp)
         dxpad = None
-        for n0, n1, i0, i1 in blocks(g, np.dtype(xp.result_type(dy, w)).itemsize):
+        for n0, n1, i0, i1 in blocks(g, np.dtype(dtype).itemsize):
             gb, rows = _piece(g, (n0, n1, i0, i1))
-            dcols = xp.matmul(wt, _dy_rows(dy[n0:n1], gb, rows))    # (G, K, n*R*WO)
+            dyg = _dy_rows(dy[n0:n1], gb, rows)                      # (G, Og, n*R*WO)
+            if nthreads == 1:
+                with pool_region():
+                    dcols = xp.matmul(wt, dyg)                       # (G, K, n*R*WO)
+                if dxpad is None:
+                    dxpad = col2im_zeros(g, dcols)
+                col2im_add(dcols, gb, dxpad[:, n0:n1], rows)
+                continue
             if dxpad is None:
-                dxpad = col2im_zeros(g, dcols)
-            col2im_add(dcols, gb, dxpad[:, n0:n1], rows)
+                dxpad = xp.zeros((g.c, g.n, g.h + 2 * g.padding[0], g.w + 2 * g.padding[1]),
+                                 dtype=dtype)
+            dyg = xp.ascontiguousarray(dyg)
+
+            def channels(block, gb=gb, rows=rows, dyg=dyg, n0=n0, n1=n1):
+                c0, c1 = block                                       # within one group
+                gi, cg, kk = c0 * g.groups // g.c, g.c // g.groups, g.kh * g.kw
+                k0, k1 = (c0 - gi * cg) * kk, (c1 - gi * cg) * kk
+                dcols = xp.matmul(wt[gi, k0:k1], dyg[gi])            # (cb*KH*KW, n*R*WO)
+                col2im_add(dcols, replace(gb, c=c1 - c0, o=1, groups=1),
+                           dxpad[c0:c1, n0:n1], rows)
+
+            with pool_region():
+                parallel_map(channels, _channel_blocks(g, nthreads))
         return col2im_result(dxpad, g)
 
     def backward_weight(self, dy, x, g):
         xp = get_xp(dy, x)
-        parts = blocks(g, np.dtype(x.dtype).itemsize)
+        parts = blocks(g, np.dtype(x.dtype).itemsize, _threads(xp))
         xpad = pad_input(x, g) if len(parts) > 1 else None
-        dw = None
-        for n0, n1, i0, i1 in parts:
-            gb, rows = _piece(g, (n0, n1, i0, i1))
+
+        def piece(block):
+            n0, n1, i0, i1 = block
+            gb, rows = _piece(g, block)
             cols = im2col(x[n0:n1], gb, rows, None if xpad is None else xpad[n0:n1])
-            part = xp.matmul(_dy_rows(dy[n0:n1], gb, rows), cols.transpose(0, 2, 1))  # (G, Og, K)
-            if dw is None:
-                dw = part
-            else:
-                dw += part
+            return xp.matmul(_dy_rows(dy[n0:n1], gb, rows), cols.transpose(0, 2, 1))  # (G, Og, K)
+
+        with pool_region():
+            dws = parallel_map(piece, parts)
+        dw = dws[0]
+        for part in dws[1:]:
+            dw += part
         return dw.reshape(g.w_shape)
 
     def workspace_bytes(self, g, pass_, itemsize):

@@ -2,13 +2,22 @@
 
 Two kinds of parallelism, never stacked on top of each other:
 
-* one big GEMM (im2col, FFT products): BLAS's own threads (and scipy.fft's
-  ``workers`` for the FFTs);
 * many independent chunks (Winograd tile chunks, xi-blocks of its GEMMs,
-  channel blocks): a pool of ``get_num_threads()`` threads, the caller being
-  one, each running numpy/BLAS calls that release the GIL, with BLAS limited to
-  one thread for the whole pass (``pool_region``) so the two levels do not
-  oversubscribe the cores and OpenBLAS's idle workers do not spin against ours.
+  channel blocks, im2col's column blocks and channel blocks): a pool of
+  ``get_num_threads()`` threads, the caller being one, each running numpy/BLAS
+  calls that release the GIL, with BLAS limited to one thread for the whole pass
+  (``pool_region``) so the two levels do not oversubscribe the cores;
+* what is left (FFT products and transforms): BLAS's own threads and scipy.fft's
+  ``workers``.
+
+The convolutions that neural style and training run (im2col, Winograd) use the pool
+only. That matters more than it seems: after every multi-threaded call OpenBLAS's
+worker threads busy-wait for new work (about 0.1 s: ``OPENBLAS_THREAD_TIMEOUT``,
+2^28 cycles by default), and lowering BLAS's thread count does not stop them; so one
+BLAS-threaded GEMM before a pool region leaves a spinning thread on one of the cores
+the pool needs. With im2col on BLAS threads, a 2-thread style evaluation at 256 px
+spent ~270 ms of CPU per evaluation in such a thread and ran no faster than on one
+thread (docs/convolution.md, "Threads").
 
 Limiting BLAS threads needs ``threadpoolctl`` (a small pure-Python package).
 Without it, ``parallel_map`` runs the chunks one after another in the calling
@@ -82,6 +91,12 @@ def set_num_threads(n: int) -> None:
 def can_parallelize() -> bool:
     """True when ``parallel_map`` really runs chunks on several threads."""
     return _CONFIG.num_threads > 1 and bool(_CONFIG.blas_libs())
+
+
+def pool_threads() -> int:
+    """Threads ``parallel_map`` would use if called here: 1 where it runs serially (one
+    thread configured, no threadpoolctl, or inside a pool worker)."""
+    return _CONFIG.num_threads if can_parallelize() and not _in_worker() else 1
 
 
 @contextmanager

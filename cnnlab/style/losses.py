@@ -26,22 +26,24 @@ Total variation (jcjohnson's TVLoss, whose backward pass is the gradient of this
     L = weight * 1/2 * sum_{i < H-1, j < W-1} (x[i, j] - x[i, j+1])^2 + (x[i, j] - x[i+1, j])^2
 
 Loss values are Python floats (sums accumulated in float64); gradients have the dtype of
-the features (float32 in a style run, float64 in the checks). The Gram products run on one
-BLAS thread each (the style pass computes the layers' losses in parallel), and the large
-style backward products in column blocks on cnnlab.conv's worker pool: OpenBLAS's own
-spinning threads stall on a machine whose cores are shared.
+the features (float32 in a style run, float64 in the checks). Nothing here uses BLAS's own
+threads (which busy-wait after each call and take a core from cnnlab.conv's worker pool,
+see cnnlab.conv.threads): the Gram products run on one BLAS thread each, with the GIL
+released (the style pass computes the layers' losses in parallel on the pool), and the
+style backward products (G - A) F in column blocks on the pool.
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import blas as _blas
 
 from ..backend import get_xp
-from ..conv.threads import blas_threads, get_num_threads, parallel_map
+from ..conv.threads import blas_threads, parallel_map, pool_threads
 from ..errors import CnnlabError
 
 MODES = ("gatys", "johnson")
-#: Style backward products with at least 4x this many positions are split over threads.
+#: Style backward products (G - A) F of at least this many multiply-adds are split over the
+#: worker threads by columns, into two blocks per thread from 4x PARALLEL_MIN_POSITIONS positions.
+PARALLEL_MIN_MACS = 1 << 22
 PARALLEL_MIN_POSITIONS = 4096
 
 
@@ -75,18 +77,18 @@ def _l1_normalized(d):
 def gram_forward(f, scale=1.0):
     """f (N, C, H, W) -> G (N, C, C), G[n] = scale * F F^T with F = f[n].reshape(C, H*W).
 
-    On the CPU each F F^T is one BLAS syrk (half the multiply-adds of a general product).
+    On the CPU each F F^T is ``np.matmul(F, F.T)``, which numpy runs as one BLAS syrk (half
+    the multiply-adds of a general product) and mirrors into a symmetric result, with the
+    GIL released, so the layers' Grams run in parallel on the worker pool (scipy's ``ssyrk``
+    wrapper holds the GIL: with it the style pass's losses ran one after another).
     """
     xp = get_xp(f)
     F_ = _flat(f)
-    if xp is np and F_.dtype in (np.float32, np.float64) and F_.flags.c_contiguous:
+    if xp is np:
         G = np.empty((F_.shape[0], F_.shape[1], F_.shape[1]), dtype=F_.dtype)
-        syrk = _blas.ssyrk if F_.dtype == np.float32 else _blas.dsyrk
         with blas_threads(1):
             for n in range(F_.shape[0]):
-                upper = syrk(1.0, F_[n].T, trans=1)      # F^T is Fortran-ordered: no copy
-                G[n] = np.triu(upper)
-                G[n] += np.triu(upper, 1).T
+                np.matmul(F_[n], F_[n].T, out=G[n])
     else:
         G = xp.matmul(F_, F_.transpose(0, 2, 1))
     if scale != 1.0:
@@ -177,21 +179,32 @@ def style_loss_backward(dout, cache):
     """
     xp_diff, coef, (F_, shape, scale), weight, normalize = cache
     xp = get_xp(xp_diff)
-    if xp is np and F_.shape[2] >= 4 * PARALLEL_MIN_POSITIONS:
+    c, m = F_.shape[1:]
+    first = 2.0 * coef * scale
+    last = None if normalize else weight * float(dout)    # the L1 norm needs all of df first
+    if xp is np:
         df = np.empty(F_.shape, dtype=np.result_type(xp_diff, F_))
+        parts = pool_threads() if c * c * m >= PARALLEL_MIN_MACS else 1
+        parts *= 2 if m >= 4 * PARALLEL_MIN_POSITIONS else 1
 
         def block(sl):                  # column blocks on the conv worker pool
-            np.matmul(xp_diff, F_[:, :, sl], out=df[:, :, sl])
-        bounds = np.linspace(0, F_.shape[2], 2 * get_num_threads() + 1).astype(int)
-        parallel_map(block, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])])
-    else:
+            out = df[:, :, sl]
+            np.matmul(xp_diff, F_[:, :, sl], out=out)
+            out *= first
+            if last is not None:
+                out *= last
+        bounds = np.linspace(0, m, parts + 1).astype(int)
         with blas_threads(1):
-            df = xp.matmul(xp_diff, F_)
-    df *= 2.0 * coef * scale
+            parallel_map(block, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])])
+    else:
+        df = xp.matmul(xp_diff, F_)
+        df *= first
+        if last is not None:
+            df *= last
     df = df.reshape(shape)
     if normalize:
         _l1_normalized(df)
-    df *= weight * float(dout)
+        df *= weight * float(dout)
     return df
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..conv import default_algo
+from ..conv.threads import parallel_map, pool_threads
 from ..errors import CnnlabError
 from ..models.vgg import CONFIGS, layer_names, make_features
 
@@ -51,10 +52,52 @@ def check_layers(model: str, layers) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ fast layers
-def _relu_inplace(y):
-    """y <- max(y, 0); returns the mask y > 0 (what the backward pass needs)."""
-    np.maximum(y, 0, out=y)
-    return y > 0
+#: Element-wise passes over at least this many elements are split by channels over
+#: cnnlab.conv's worker pool (numpy's loops release the GIL), like the convolutions.
+PARALLEL_MIN_ELEMENTS = 1 << 17
+
+
+def _by_channels(fn, a):
+    """fn(c0, c1) for blocks of the channels (axis 1) of ``a``: one block per worker thread
+    when ``a`` is large, else one call. ``fn`` writes only its own channels."""
+    c = a.shape[1]
+    big = a.size >= PARALLEL_MIN_ELEMENTS and isinstance(a, np.ndarray)
+    parts = min(c, pool_threads()) if big else 1
+    if parts <= 1:
+        fn(0, c)
+        return
+    edges = [c * i // parts for i in range(parts + 1)]
+    parallel_map(lambda e: fn(*e), list(zip(edges[:-1], edges[1:])))
+
+
+def _add_bias(y, b):
+    """y += b per channel (in place)."""
+    b = b.reshape(1, -1, 1, 1)
+
+    def block(c0, c1):
+        np.add(y[:, c0:c1], b[:, c0:c1], out=y[:, c0:c1])
+    _by_channels(block, y)
+
+
+def _relu(x, copy, mask):
+    """max(x, 0), in place unless ``copy``; with ``mask`` also returns the mask y > 0
+    (what the backward pass needs), else None."""
+    y = np.empty_like(x) if copy else x
+    m = np.empty(x.shape, dtype=bool) if mask else None
+
+    def block(c0, c1):
+        np.maximum(x[:, c0:c1], 0, out=y[:, c0:c1])
+        if m is not None:
+            np.greater(y[:, c0:c1], 0, out=m[:, c0:c1])
+    _by_channels(block, x)
+    return y, m
+
+
+def _multiply_inplace(g, mask):
+    """g *= mask (the ReLU backward), in place."""
+    def block(c0, c1):
+        np.multiply(g[:, c0:c1], mask[:, c0:c1], out=g[:, c0:c1])
+    _by_channels(block, g)
 
 
 def _maxpool2_forward(x):
@@ -66,13 +109,21 @@ def _maxpool2_forward(x):
     then the left column: the first in row-major order except when the maxima of the two
     columns tie, a case that only decides which of two equal inputs receives the gradient.
     """
-    h2, w2 = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
-    top, bottom = x[:, :, 0:h2:2, :w2], x[:, :, 1:h2:2, :w2]
-    lower = np.greater(bottom, top)
-    rows = np.maximum(top, bottom)
-    left, right = rows[..., 0::2], rows[..., 1::2]
-    col = np.greater(right, left)
-    out = np.maximum(left, right)
+    n, c = x.shape[:2]
+    h, w2 = x.shape[2] // 2, x.shape[3] // 2 * 2
+    lower = np.empty((n, c, h, w2), dtype=bool)
+    col = np.empty((n, c, h, w2 // 2), dtype=bool)
+    out = np.empty((n, c, h, w2 // 2), dtype=x.dtype)
+
+    def block(c0, c1):
+        xs = x[:, c0:c1]
+        top, bottom = xs[:, :, 0:2 * h:2, :w2], xs[:, :, 1:2 * h:2, :w2]
+        np.greater(bottom, top, out=lower[:, c0:c1])
+        rows = np.maximum(top, bottom)
+        left, right = rows[..., 0::2], rows[..., 1::2]
+        np.greater(right, left, out=col[:, c0:c1])
+        np.maximum(left, right, out=out[:, c0:c1])
+    _by_channels(block, x)
     return out, (lower, col, x.shape)
 
 
@@ -80,35 +131,50 @@ def _maxpool2_backward(dout, cache):
     """Route dout to the winners: first to the winning column of each window, then to the
     winning row of each column pair."""
     lower, col, shape = cache[:3]
-    if len(cache) == 4:                     # the mask of the ReLU below, at the pooled size
-        dout = dout * cache[3]
+    relu = cache[3] if len(cache) == 4 else None   # the mask of the ReLU below, pooled size
     n, c, h, w = dout.shape
-    drows = np.empty((n, c, h, 2 * w), dtype=dout.dtype)
-    np.multiply(dout, col, out=drows[..., 1::2])
-    np.subtract(dout, drows[..., 1::2], out=drows[..., 0::2])
     exact = shape[2:] == (2 * h, 2 * w)
     dx = np.empty(shape, dtype=dout.dtype) if exact else np.zeros(shape, dtype=dout.dtype)
-    np.multiply(drows, lower, out=dx[:, :, 1:2 * h:2, :2 * w])
-    np.subtract(drows, dx[:, :, 1:2 * h:2, :2 * w], out=dx[:, :, 0:2 * h:2, :2 * w])
+
+    def block(c0, c1):
+        d = dout[:, c0:c1]
+        if relu is not None:
+            d = d * relu[:, c0:c1]
+        drows = np.empty((n, c1 - c0, h, 2 * w), dtype=dout.dtype)
+        np.multiply(d, col[:, c0:c1], out=drows[..., 1::2])
+        np.subtract(d, drows[..., 1::2], out=drows[..., 0::2])
+        dxb = dx[:, c0:c1]
+        np.multiply(drows, lower[:, c0:c1], out=dxb[:, :, 1:2 * h:2, :2 * w])
+        np.subtract(drows, dxb[:, :, 1:2 * h:2, :2 * w], out=dxb[:, :, 0:2 * h:2, :2 * w])
+    _by_channels(block, dx)
     return dx
 
 
 def _avgpool2_forward(x):
     """2x2 stride-2 average pool (odd last row/column dropped) -> (out, input shape)."""
+    n, c = x.shape[:2]
     h2, w2 = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
-    out = np.add(x[:, :, 0:h2:2, 0:w2:2], x[:, :, 0:h2:2, 1:w2:2])
-    out += x[:, :, 1:h2:2, 0:w2:2]
-    out += x[:, :, 1:h2:2, 1:w2:2]
-    out *= out.dtype.type(0.25)
+    out = np.empty((n, c, h2 // 2, w2 // 2), dtype=x.dtype)
+
+    def block(c0, c1):
+        xs, o = x[:, c0:c1], out[:, c0:c1]
+        np.add(xs[:, :, 0:h2:2, 0:w2:2], xs[:, :, 0:h2:2, 1:w2:2], out=o)
+        o += xs[:, :, 1:h2:2, 0:w2:2]
+        o += xs[:, :, 1:h2:2, 1:w2:2]
+        o *= o.dtype.type(0.25)
+    _by_channels(block, x)
     return out, x.shape
 
 
 def _avgpool2_backward(dout, shape):
     n, c, h, w = dout.shape
-    share = dout * dout.dtype.type(0.25)
     dx = np.empty(shape, dtype=dout.dtype) if shape[2:] == (2 * h, 2 * w) else np.zeros(shape, dout.dtype)
-    for p, q in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        dx[:, :, p:2 * h:2, q:2 * w:2] = share
+
+    def block(c0, c1):
+        share = dout[:, c0:c1] * dout.dtype.type(0.25)
+        for p, q in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            dx[:, c0:c1, p:2 * h:2, q:2 * w:2] = share
+    _by_channels(block, dx)
     return dx
 
 
@@ -222,18 +288,15 @@ class VGGFeatures(nn.Module):
                 g = m.geometry(x.shape)
                 y = m.conv(x, g)
                 if m.bias is not None:
-                    y += m.bias.data.reshape(1, -1, 1, 1)
+                    _add_bias(y, m.bias.data)
                 tape.append(("conv", m, g))
             elif isinstance(m, nn.ReLU):
-                y = x.copy() if prev_kept else x
-                if (name not in keep and i + 1 < len(mods) and _is_pool2(mods[i + 1], y)):
-                    # ReLU then max pool: the ReLU mask matters only where the pool routes the
-                    # gradient, i.e. at the window maxima, which are > 0 exactly where the
-                    # pooled output is; the pool applies it at a quarter of the size.
-                    np.maximum(y, 0, out=y)
-                    tape.append(("relu", None))
-                else:
-                    tape.append(("relu", _relu_inplace(y)))
+                # ReLU then max pool: the ReLU mask matters only where the pool routes the
+                # gradient, i.e. at the window maxima, which are > 0 exactly where the
+                # pooled output is; the pool applies it at a quarter of the size.
+                pooled = name not in keep and i + 1 < len(mods) and _is_pool2(mods[i + 1], x)
+                y, mask = _relu(x, copy=prev_kept, mask=not pooled)
+                tape.append(("relu", mask))
             elif _is_pool2(m, x):
                 y, cache = _maxpool2_forward(x)
                 if tape and tape[-1][0] == "relu" and tape[-1][1] is None:
@@ -279,7 +342,7 @@ class VGGFeatures(nn.Module):
             kind = entry[0]
             if kind == "relu":
                 if entry[1] is not None:     # None: applied by the max pool above
-                    np.multiply(g, entry[1], out=g)
+                    _multiply_inplace(g, entry[1])
             elif kind == "conv":
                 _, m, geom = entry
                 g = m.conv_transpose(g, geom)
