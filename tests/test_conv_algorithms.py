@@ -276,6 +276,24 @@ def test_prepared_choices_are_timed_with_prepared_weights(fresh_chooser, monkeyp
     assert conv.explain(g, "backward_weight", prepared=True) is conv.explain(g, "backward_weight")
 
 
+def test_choices_are_filed_per_thread_count(fresh_chooser):
+    """A choice measured on one thread is not reused on two: the key holds the count, the
+    disk fingerprint does not (it would go stale when the count changes in a process)."""
+    g = ConvGeometry.of((1, 16, 32, 32), (16, 16, 3, 3), padding=1)
+    before = conv.get_num_threads()
+    try:
+        conv.set_num_threads(1)
+        one = conv.explain(g, "forward")
+        conv.set_num_threads(2)
+        two = conv.explain(g, "forward")
+    finally:
+        conv.set_num_threads(before)
+    assert one is not two and one.how == two.how == "measured"
+    assert set(fresh_chooser.choices) == {chooser.cache_key(g, "forward", np.float32, 1 << 30,
+                                                            threads=t) for t in (1, 2)}
+    assert "threads" not in chooser.machine_fingerprint()[1]
+
+
 def test_a_held_prepared_algorithm_is_kept_when_nearly_as_fast(fresh_chooser):
     g = ConvGeometry.of((1, 16, 32, 32), (16, 16, 3, 3), padding=1)
     key = chooser.cache_key(g, "backward_data", np.float32, fresh_chooser.workspace_limit, True)

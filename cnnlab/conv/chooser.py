@@ -101,12 +101,15 @@ def _forced(g, pass_, algo, origin=""):
     return a
 
 
-def cache_key(g, pass_: str, dtype, workspace_limit, prepared: bool = False) -> str:
+def cache_key(g, pass_: str, dtype, workspace_limit, prepared: bool = False,
+              threads: int | None = None) -> str:
     """The string a choice is filed under (memory and disk); "|prepared": timed with
-    prepared weights."""
+    prepared weights; "|t2": measured with 2 threads (default: the current
+    ``get_num_threads()``: the best algorithm depends on how many cores it gets)."""
+    threads = get_num_threads() if threads is None else threads
     return (f"{pass_}|{np.dtype(dtype).name}|n{g.n} c{g.c} h{g.h} w{g.w} o{g.o} "
             f"k{g.kh}x{g.kw} s{g.stride[0]}x{g.stride[1]} p{g.padding[0]}x{g.padding[1]} "
-            f"d{g.dilation[0]}x{g.dilation[1]} g{g.groups}|ws{workspace_limit}"
+            f"d{g.dilation[0]}x{g.dilation[1]} g{g.groups}|ws{workspace_limit}|t{threads}"
             + ("|prepared" if prepared else ""))
 
 
@@ -122,12 +125,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def blas_description() -> str:
-    """The BLAS numpy uses, as threadpoolctl sees it (or numpy's build info without it)."""
+def blas_description(threads: bool = True) -> str:
+    """The BLAS numpy uses, as threadpoolctl sees it (or numpy's build info without it);
+    ``threads``: with its current thread count."""
     try:
         from threadpoolctl import threadpool_info
-        libs = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture', '')} "
-                f"{i.get('num_threads')} threads".replace("  ", " ")
+        libs = [(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture', '')}"
+                 + (f" {i.get('num_threads')} threads" if threads else "")).replace("  ", " ")
                 for i in threadpool_info() if i.get("user_api") == "blas"]
         if libs:
             return "; ".join(sorted(set(libs)))
@@ -141,13 +145,15 @@ def blas_description() -> str:
 
 
 def machine_fingerprint() -> tuple[str, str]:
-    """(short hash, description) of what timings depend on: CPU, versions, BLAS, threads."""
+    """(short hash, description) of what timings depend on: CPU, versions, BLAS. The
+    thread count, which can change within a process, is part of each choice's key
+    (:func:`cache_key`) instead."""
     import scipy
 
     from .. import __version__
     desc = (f"{cpu_model()} | {platform.machine()} | {os.cpu_count()} cpus | "
-            f"conv threads {get_num_threads()} | numpy {np.__version__} | "
-            f"scipy {scipy.__version__} | cnnlab {__version__} | {blas_description()} | "
+            f"numpy {np.__version__} | "
+            f"scipy {scipy.__version__} | cnnlab {__version__} | {blas_description(False)} | "
             f"algos {','.join(sorted(ALGORITHMS))}")
     return hashlib.sha256(desc.encode()).hexdigest()[:16], desc
 
