@@ -492,7 +492,9 @@ def test_parallel_map_keeps_order_and_nests_serially():
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 23, 21, 8, 3, 3, 1, 1, 1), (1, 6, 9, 13, 4, 3, 3, 2, 1, 2),
-                                   (1, 3, 17, 12, 5, 3, 3, 1, 1, 1)], ids=str)
+                                   (1, 3, 17, 12, 5, 3, 3, 1, 1, 1),
+                                   (1, 40, 7, 6, 24, 3, 3, 1, 1, 1),    # im2col: channel split
+                                   (2, 37, 5, 9, 20, 3, 3, 2, 1, 1)], ids=str)
 def test_results_do_not_depend_on_the_thread_count(shape):
     g, args = _case(shape, seed=3)
     args32 = {p: [v.astype(np.float32) for v in a] for p, a in args.items()}
@@ -540,6 +542,36 @@ def test_im2col_runs_on_the_pool_not_on_blas_threads(monkeypatch):
         wide = ConvGeometry.of((5, 2, 8, 8), (3, 2, 3, 3), padding=1)
         parts = gemm.blocks(wide, 8, 2)
         assert len(parts) == 2 and [(n0, n1) for n0, n1, _, _ in parts] == [(0, 2), (2, 5)]
+    finally:
+        conv.set_num_threads(old)
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 7, 6, 24, 3, 3, 1, 1, 1), (2, 37, 5, 9, 20, 3, 3, 2, 1, 1),
+                                   (3, 33, 6, 5, 17, 3, 3, 1, 2, 1)], ids=str)
+def test_im2col_small_maps_split_channels_over_threads(shape):
+    """Small output maps (conv5 at 14x14): forward and weight gradient cut the input
+    channels (forward: SPLIT_BLOCKS partial outputs added, on any thread count; weight
+    gradient: disjoint columns of dW, one block per thread), within the float32 bound of
+    direct convolution; the forward is the same bit for bit on 1, 2 and 3 threads."""
+    if not threads.can_parallelize():
+        pytest.skip("needs threadpoolctl")
+    g, args = _case(shape, seed=11)
+    old = conv.get_num_threads()
+    try:
+        conv.set_num_threads(2)
+        assert gemm._split_channels(g, 4)
+        for p in PASSES:
+            ref = ALGORITHMS["direct"].run(p, *args[p], g)
+            out = ALGORITHMS["im2col"].run(p, *(v.astype(np.float32) for v in args[p]), g)
+            assert out.shape == ref.shape and out.dtype == np.float32
+            assert _rel(out, ref) <= FLOAT32_BOUND["im2col"], (p, _rel(out, ref))
+            assert _rel(ALGORITHMS["im2col"].run(p, *args[p], g), ref) <= 1e-10, p
+        x32, w32 = (v.astype(np.float32) for v in args["forward"])
+        ys = []
+        for n in (1, 2, 3):
+            conv.set_num_threads(n)
+            ys.append(ALGORITHMS["im2col"].run("forward", x32, w32, g))
+        assert all(np.array_equal(ys[0], y) for y in ys[1:])
     finally:
         conv.set_num_threads(old)
 

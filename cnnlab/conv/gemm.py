@@ -19,9 +19,12 @@ after each call would take a core from the next pool region). The forward and th
 gradient cut the output into at least one block per thread (``blocks(g, itemsize,
 parts)``, each within COLS_BYTES / parts, so the blocks in flight together stay within
 COLS_BYTES), each building its own columns and running its own GEMM; the weight gradient
-sums the blocks' dW in block order. The data gradient splits each block's input channels
-(the rows of W^T and of the column matrix) so that every thread scatters into its own
-channels of dx.
+sums the blocks' dW in block order. On small output maps (at most SMALL_MAP positions,
+groups 1: conv4/conv5 at 224 px) the forward and the weight gradient cut the input channels
+instead (``_split_channels``): each thread builds its channels' columns and multiplies them
+by its slice of W (forward: partial outputs, added; weight gradient: disjoint columns of dW).
+The data gradient splits each block's input channels (the rows of W^T and of the column
+matrix) so that every thread scatters into its own channels of dx.
 """
 from __future__ import annotations
 
@@ -31,10 +34,39 @@ import numpy as np
 
 from ..backend import get_xp
 from .algorithm import ConvAlgorithm, register
-from .im2col import col2im_add, col2im_result, col2im_zeros, im2col, pad_input
+from .im2col import col2im_add, col2im_result, col2im_zeros, im2col, pad_input, tap_slices
 from .threads import parallel_map, pool_region, pool_threads
 
 COLS_BYTES = 64 << 20
+SMALL_MAP = 4096  # output positions (N*HO*WO) up to which the pool splits input channels
+# The forward there always adds SPLIT_BLOCKS partial outputs, whatever the thread count, so
+# that its results do not depend on it (bit for bit, like every other forward): on one
+# thread the blocks run one after the other, and more than SPLIT_BLOCKS threads leave the
+# others idle in that pass.
+SPLIT_BLOCKS = 2
+
+
+def _split_channels(g, itemsize: int) -> bool:
+    """Forward and weight gradient of a small output map (conv5 at 14x14, batch 1): cut the
+    input channels, each block building its own columns and running its GEMM on them (the
+    forward adds the blocks' partial outputs; the weight gradient's blocks are disjoint
+    columns of dW), instead of one GEMM per block of a few hundred output columns (and, for
+    dW, one whole (O, K) product per thread to add up)."""
+    cols = g.c * g.kh * g.kw * g.n * g.ho * g.wo * itemsize
+    return (g.groups == 1 and g.n * g.ho * g.wo <= SMALL_MAP
+            and g.c >= 16 * SPLIT_BLOCKS and cols <= COLS_BYTES)
+
+
+def _im2col_channels(xpad, g, c0: int, c1: int):
+    """The (C1-C0)*KH*KW rows of im2col's column matrix (groups == 1) for channels c0..c1-1."""
+    xp = get_xp(xpad)
+    cols = xp.empty((c1 - c0, g.kh, g.kw, g.n, g.ho, g.wo), dtype=xpad.dtype)
+    xt = xpad[:, c0:c1].transpose(1, 0, 2, 3)
+    for p in range(g.kh):
+        for q in range(g.kw):
+            rs, cs = tap_slices(g, p, q)
+            cols[:, p, q] = xt[:, :, rs, cs]
+    return cols.reshape((c1 - c0) * g.kh * g.kw, g.n * g.ho * g.wo)
 
 
 def blocks(g, itemsize: int, parts: int = 1) -> list[tuple[int, int, int, int]]:
@@ -104,7 +136,10 @@ class Im2colGemm(ConvAlgorithm):
     def forward(self, x, w, g, prepared=None):
         xp = get_xp(x, w)
         wmat = w.reshape(g.groups, g.o // g.groups, -1)             # (G, Og, K)
-        parts = blocks(g, np.dtype(x.dtype).itemsize, _threads(xp))
+        nthreads, itemsize = _threads(xp), np.dtype(x.dtype).itemsize
+        if xp is np and _split_channels(g, itemsize):
+            return self._forward_split_channels(x, wmat[0], g)
+        parts = blocks(g, itemsize, nthreads)
         if len(parts) == 1:
             with pool_region():                                     # BLAS: one thread (if a pool)
                 return _from_gemm(xp.matmul(wmat, im2col(x, g)), g)  # (G, K, N*L) columns
@@ -114,12 +149,36 @@ class Im2colGemm(ConvAlgorithm):
         def piece(block):
             n0, n1, i0, i1 = block
             gb, rows = _piece(g, block)
-            yb = xp.matmul(wmat, im2col(x[n0:n1], gb, rows, xpad[n0:n1]))  # (G, Og, n*R*WO)
+            cols = im2col(x[n0:n1], gb, rows, xpad[n0:n1])             # (G, K, n*R*WO)
+            if n1 - n0 == 1:                                            # straight into y
+                xp.matmul(wmat, cols, out=y[n0].reshape(g.groups, g.o // g.groups, -1)
+                          [:, :, i0 * g.wo:i1 * g.wo])
+                return
+            yb = xp.matmul(wmat, cols)                                  # (G, Og, n*R*WO)
             y[n0:n1, :, i0:i1] = yb.reshape(g.o, n1 - n0, i1 - i0, g.wo).transpose(1, 0, 2, 3)
 
         with pool_region():
             parallel_map(piece, parts)
         return y
+
+    @staticmethod
+    def _forward_split_channels(x, wmat, g):
+        xp = get_xp(x, wmat)
+        kk = g.kh * g.kw
+
+        def partial(block):
+            c0, c1 = block
+            return xp.matmul(wmat[:, c0 * kk:c1 * kk], _im2col_channels(xpad, g, c0, c1))
+
+        with pool_region():
+            xpad = pad_input(x, g)
+            y2 = parallel_map(partial, _even(g.c, SPLIT_BLOCKS))
+        out = y2[0]
+        for part in y2[1:]:
+            out += part                                             # (O, N*HO*WO), in order
+        if g.n == 1:
+            return out.reshape(g.y_shape)
+        return xp.ascontiguousarray(out.reshape(g.o, g.n, g.ho, g.wo).transpose(1, 0, 2, 3))
 
     def backward_data(self, dy, w, g, prepared=None):
         xp = get_xp(dy, w)
@@ -156,7 +215,23 @@ class Im2colGemm(ConvAlgorithm):
 
     def backward_weight(self, dy, x, g):
         xp = get_xp(dy, x)
-        parts = blocks(g, np.dtype(x.dtype).itemsize, _threads(xp))
+        nthreads, itemsize = _threads(xp), np.dtype(x.dtype).itemsize
+        if nthreads > 1 and _split_channels(g, itemsize):   # disjoint columns of dW
+            kk = g.kh * g.kw
+            dw = xp.empty((g.o, g.c * kk), dtype=xp.result_type(dy, x))
+            dy2 = dy.reshape(g.o, -1) if g.n == 1 else \
+                xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g.o, -1)
+
+            def columns(block):
+                c0, c1 = block
+                cols = _im2col_channels(xpad, g, c0, c1)
+                xp.matmul(dy2, cols.T, out=dw[:, c0 * kk:c1 * kk])
+
+            with pool_region():
+                xpad = pad_input(x, g)
+                parallel_map(columns, _even(g.c, nthreads))
+            return dw.reshape(g.w_shape)
+        parts = blocks(g, itemsize, nthreads)
         xpad = pad_input(x, g) if len(parts) > 1 else None
 
         def piece(block):

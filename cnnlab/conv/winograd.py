@@ -72,6 +72,12 @@ POINTS = {
 TILES_PER_64 = 56
 MIN_TILES = 48
 MAX_TILES = 128
+# On large maps with few channels (VGG's conv1_2, conv2_x at 224x224) bigger chunks are
+# faster (longer GEMM rows, fewer per-chunk calls): at least about WIDE_TILES_X_CH / (C + O)
+# tiles, up to WIDE_MAX_TILES (conv1_2 64->64: 448 tiles; 128->128: 224). That target is
+# below the one above from C + O = 256 on, so deeper layers are unchanged.
+WIDE_TILES_X_CH = 448 * 128
+WIDE_MAX_TILES = 512
 # The fused schedule re-reads U (alpha^2 O C floats) for every chunk: worth it up to about
 # FUSED_U_BYTES (a 256x256 F4 layer); the weight gradient also accumulates a dU of that
 # size per chunk, so it fuses only while dU stays in L2 (FUSED_DU_BYTES).
@@ -213,7 +219,8 @@ class _Plan:
         self.nthreads = nthreads or get_num_threads()
         a2 = self.alpha ** 2
         self.total_tiles = n * self.th * self.tw
-        fused_target = min(MAX_TILES, max(MIN_TILES, (TILES_PER_64 * (c + o)) // 128))
+        fused_target = max(min(MAX_TILES, max(MIN_TILES, (TILES_PER_64 * (c + o)) // 128)),
+                           min(WIDE_MAX_TILES, WIDE_TILES_X_CH // (c + o)))
         u_limit = FUSED_DU_BYTES if weight_grad else FUSED_U_BYTES
         self.fused = (4 * a2 * o * c <= u_limit
                       and self.total_tiles >= self.nthreads * MIN_TILES)
