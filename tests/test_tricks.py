@@ -64,3 +64,8 @@ def test_dropconnect_layer_is_in_the_model_registry():
     from cnnlab.models.registry import model_names
     assert {"lenet_plain", "lenet_dropout", "lenet_dropconnect"} <= set(model_names())
     assert isinstance(build_model("lenet_dropconnect")[10], nn.DropConnectLinear)
+
+
+def test_bad_epochs_are_a_one_line_error(capsys):
+    code, _, err = run(capsys, "experiment", "augmentation", "--fashion-epochs", "0")
+    assert code == 2 and "--fashion-epochs must be at least 1" in err

@@ -1,6 +1,7 @@
 """``cnnlab experiment augmentation``: the training-tricks experiments of docs/tricks.md.
 
     cnnlab experiment augmentation [--part digits,fashion,dropout] [--seeds 3] [--json FILE]
+                                   [--digits-epochs 100] [--fashion-epochs 150]
     cnnlab experiment augmentation --quick        (smoke test: seconds, meaningless numbers)
 """
 from __future__ import annotations
@@ -27,6 +28,10 @@ def register(subparsers) -> None:
                    help=f"comma-separated parts to run (default all: {','.join(PARTS)})")
     e.add_argument("--seeds", type=int, default=3, metavar="N",
                    help="seeds per arm (default 3; 2 or more for the ensemble)")
+    e.add_argument("--digits-epochs", type=int, default=None, metavar="N",
+                   help="epochs of the digits and dropout parts (default 100)")
+    e.add_argument("--fashion-epochs", type=int, default=None, metavar="N",
+                   help="epochs of the fashion part (default 150; docs/tricks.md also shows 50)")
     e.add_argument("--quick", action="store_true", help="tiny settings, for smoke tests")
     e.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     e.add_argument("--threads", type=int, default=1, metavar="N",
@@ -45,6 +50,12 @@ def augmentation_command(args) -> int:
     if args.seeds < 1:
         raise CnnlabError(f"--seeds must be at least 1, got {args.seeds}")
     cfg = TricksConfig.quick() if args.quick else TricksConfig(seeds=tuple(range(args.seeds)))
+    for name in ("digits_epochs", "fashion_epochs"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                raise CnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            setattr(cfg, name, value)
     use_conv_cache()
     with threads(args.threads):
         results = run_tricks(cfg, parts, log=print)
