@@ -31,16 +31,51 @@ def use_cpu_clock(on: bool = True) -> None:
     CLOCK = time.thread_time if on else time.perf_counter
 
 
-def best_time(fn, repeat: int = 3, warmup: int = 1) -> float:
-    """Seconds of the fastest of ``repeat`` calls of ``fn()``, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
+def best_time(fn, repeat: int = 3, warmup: int = 1, warm_seconds: float = 0.0) -> float:
+    """Seconds of the fastest of ``repeat`` calls of ``fn()``, after ``warmup`` untimed calls
+    and, with ``warm_seconds``, untimed calls until that much time has passed (a steady
+    state: on this VM a core idle for a while, e.g. after ``settle()``, runs the next tens
+    of milliseconds of a thread pool's work up to 2x slower)."""
+    t_end = time.perf_counter() + warm_seconds
+    done = 0
+    while done < warmup or (warm_seconds > 0 and time.perf_counter() < t_end):
         fn()
+        done += 1
     best = float("inf")
     for _ in range(max(1, repeat)):
         t0 = CLOCK()
         fn()
         best = min(best, CLOCK() - t0)
     return best
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # glibc mallopt parameters
+MMAP_THRESHOLD = 32 << 20                       # glibc's own ceiling for its dynamic threshold
+
+
+def steady_malloc() -> str:
+    """Put glibc's allocator in the state a long-running process reaches anyway, for both
+    libraries alike, and say so (for the header line).
+
+    glibc serves an allocation over its mmap threshold with fresh pages from the OS (page
+    faults on first touch, returned on free) and starts that threshold at 128 KiB, raising
+    it (up to 32 MiB) each time a larger such block is freed. So whether a 12.8 MB array
+    costs page faults depends on what the process freed before: PyTorch's conv1_1 at 224 px
+    (forward + both gradients) took 15 ms in a fresh process and 6.3 ms after any 20 MB
+    array had been freed, and a benchmark timing both libraries in one process got one or
+    the other depending on cnnlab's allocations. Fixing the threshold at that 32 MiB
+    ceiling (and the trim threshold at twice it, as glibc does) removes the dependence.
+    No-op where the C library has no ``mallopt`` (not glibc)."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+              and libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        ok = False
+    return (f"malloc: mmap threshold fixed at {MMAP_THRESHOLD >> 20} MiB" if ok
+            else "malloc: default (no glibc mallopt)")
 
 
 def settle(seconds: float = 0.15) -> None:

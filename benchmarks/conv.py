@@ -18,7 +18,8 @@ anyway); PyTorch's time for the same pass
 total of auto's passes against ``F.conv2d`` + its autograd backward (the gradients
 the setting needs); the last line of a setting is the geometric mean of those
 ratios. The numpy sgemm rate is measured in the same run. Times are the best of
-``--repeat`` runs after one warm-up; an algorithm whose warm-up takes over 8x
+``--repeat`` runs after ``--warm`` seconds (default 0.2) of untimed calls, for cnnlab and
+torch alike; an algorithm whose warm-up takes over 8x
 auto's time is reported from that one run (marked *). ``--cpu-time`` runs
 everything (cnnlab, numpy's BLAS, torch) on one thread and times the calling
 thread's CPU time: a per-core comparison that other processes' load cannot
@@ -27,11 +28,13 @@ inflate, for when the machine is not quiet.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")   # as the cnnlab command sets (cnnlab/cli.py)
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -69,6 +72,7 @@ SETTINGS = {
                        "VGG-16 conv layers, batch 32 @ 32x32, forward + data grad + weight grad"),
 }
 SHORT = {"forward": "fwd", "backward_data": "bwd-data", "backward_weight": "bwd-weight"}
+WARM_SECONDS = 0.2  # untimed calls before each timing (see common.best_time)
 SLOW = 8.0  # an algorithm this many times slower than auto on its warm-up is not repeated
 
 
@@ -82,6 +86,9 @@ def build_parser(parser=None):
     parser.add_argument("--algos", default="auto,im2col,winograd2,winograd4,fft",
                         help="algorithms to time besides torch; 'auto' is always included")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs, best kept (default 3)")
+    parser.add_argument("--warm", type=float, default=WARM_SECONDS,
+                        help="seconds of untimed calls before each timing, cnnlab and torch "
+                             f"alike (default {WARM_SECONDS}): times of the steady state")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for cnnlab and torch (default: the CPUs available)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
@@ -147,7 +154,7 @@ class _Torch:
         return run
 
 
-def bench_layer(setting, layer, algos, repeat, torch, force=False):
+def bench_layer(setting, layer, algos, repeat, torch, force=False, warm=0.0):
     name, c, o, div = layer
     h = setting.size // div
     g = ConvGeometry.of((setting.batch, c, h, h), (o, c, 3, 3), stride=1, padding=1)
@@ -160,7 +167,8 @@ def bench_layer(setting, layer, algos, repeat, torch, force=False):
     for pass_ in setting.passes:
         choice = explain(g, pass_, np.float32)          # auto measures here on first use
         times = {}
-        auto_t = best_time(lambda: ALGORITHMS[choice.algo].run(pass_, *args[pass_], g), repeat)
+        auto_t = best_time(lambda: ALGORITHMS[choice.algo].run(pass_, *args[pass_], g), repeat,
+                           warm_seconds=warm)
         times["auto"] = (auto_t, False)
         for algo in algos:
             a = ALGORITHMS[algo]
@@ -177,11 +185,12 @@ def bench_layer(setting, layer, algos, repeat, torch, force=False):
                 times[algo] = (first, True)
             else:
                 times[algo] = (min(first, best_time(lambda: a.run(pass_, *args[pass_], g),
-                                                    repeat, warmup=0)), False)
+                                                    repeat, warmup=0, warm_seconds=warm)),
+                                False)
         torch_t = None
         if torch is not None:
             settle()
-            torch_t = best_time(_Torch(torch, x, w, dy).pass_fn(pass_), repeat)
+            torch_t = best_time(_Torch(torch, x, w, dy).pass_fn(pass_), repeat, warm_seconds=warm)
             settle()
         rows.append({"layer": name, "pass": pass_, "g": g, "choice": choice, "times": times,
                      "torch": torch_t,
@@ -190,7 +199,8 @@ def bench_layer(setting, layer, algos, repeat, torch, force=False):
     total_torch = None
     if torch is not None:
         settle()
-        total_torch = best_time(_Torch(torch, x, w, dy).autograd_fn(setting.passes), repeat)
+        total_torch = best_time(_Torch(torch, x, w, dy).autograd_fn(setting.passes), repeat,
+                                 warm_seconds=warm)
         settle()
     total_auto = sum(r["times"]["auto"][0] for r in rows)
     return rows, {"layer": name, "g": g, "auto": total_auto, "torch": total_torch}
@@ -265,6 +275,7 @@ def run(args, out=print) -> int:
     if args.threads:
         set_num_threads(args.threads)
     threads = get_num_threads()
+    malloc = common.steady_malloc()                # same allocator state for both libraries
     blas_limit = None
     if args.cpu_time:
         from threadpoolctl import threadpool_limits
@@ -283,14 +294,14 @@ def run(args, out=print) -> int:
     sgemm = sgemm_rate()
     out(versions_line(torch, threads))
     clock = "CPU time of the calling thread (--cpu-time)" if args.cpu_time else "wall clock"
-    out(f"numpy sgemm 2048^3: {sgemm:.0f} GFLOP/s; timing: {clock}; {load_line()}")
+    out(f"numpy sgemm 2048^3: {sgemm:.0f} GFLOP/s; timing: {clock}; {malloc}; {load_line()}")
     for setting in settings:
         out("")
         out(f"== {setting.name}: {setting.about}")
         rows, totals = [], []
         for layer in layers:
             r, t = bench_layer(setting, layer, [a for a in algos if a != "auto"], args.repeat,
-                               torch, force=args.all)
+                               torch, force=args.all, warm=args.warm)
             rows += r
             totals.append(t)
         report(setting, rows, totals, algos, sgemm, args.markdown, out)

@@ -276,20 +276,21 @@ class _Plan:
 class _Scratch(threading.local):
     """Per-thread reusable chunk buffers (a chunk's arrays are allocated once per thread).
 
-    Buffers over SCRATCH_CAP bytes are not kept. Nothing returned to a caller
-    lives in them: outputs are always fresh arrays.
+    Buffers over ``cap`` bytes (default SCRATCH_CAP) are not kept. Nothing returned to a
+    caller lives in them: outputs are always fresh arrays. ``clear_scratch()`` drops the
+    calling thread's buffers.
     """
 
     def __init__(self):
         self.bufs = {}
 
-    def get(self, name, shape, dtype):
+    def get(self, name, shape, dtype, cap=None):
         size = prod(shape)
         key = (name, np.dtype(dtype).str)
         buf = self.bufs.get(key)
         if buf is None or buf.size < size:
             buf = np.empty(size, dtype=dtype)
-            if buf.nbytes <= SCRATCH_CAP:
+            if buf.nbytes <= (SCRATCH_CAP if cap is None else cap):
                 self.bufs[key] = buf
         return buf[:size].reshape(shape)
 
@@ -308,7 +309,17 @@ class _Scratch(threading.local):
 
 
 SCRATCH_CAP = 32 << 20
+# U (and the weight gradient's dU) of a 512x512 F4 layer is 37.7 MB. glibc hands any
+# allocation over 32 MiB straight back to the OS when it is freed, so a fresh one costs its
+# page faults on every pass: ~2.4 ms for 37.7 MB here, more than the transform's own ~2.8 ms
+# (docs/convolution.md, "Workspace"). The calling thread keeps one such buffer, up to U_CAP.
+U_CAP = 160 << 20
 _SCRATCH = _Scratch()
+
+
+def clear_scratch() -> None:
+    """Free the calling thread's Winograd scratch buffers (chunk buffers and the reused U)."""
+    _SCRATCH.bufs.clear()
 
 
 def _input_strip(x, plan, chunk, c0, c1):
@@ -417,12 +428,13 @@ def _transform_dy(dy, plan, chunk, o0, o1, a_mat, out=None):
     return out
 
 
-def transform_weight(w, m):
-    """U = G w G^T as (alpha^2, O, C) (the forward's; the data gradient uses it transposed)."""
+def transform_weight(w, m, out=None):
+    """U = G w G^T as (alpha^2, O, C) (the forward's; the data gradient uses it transposed);
+    into ``out`` (alpha^2, O, C) if given."""
     o, c = w.shape[:2]
     kg = matrices(m, w.dtype.str)[3]
     w9 = np.ascontiguousarray(w).reshape(o * c, R * R)
-    u = np.empty((kg.shape[0], o, c), dtype=w.dtype)
+    u = np.empty((kg.shape[0], o, c), dtype=w.dtype) if out is None else out
     u2 = u.reshape(kg.shape[0], o * c)
     k = min(get_num_threads(), o)
     edges = [o * i // k for i in range(k + 1)]
@@ -513,7 +525,7 @@ def winograd_weight_grad(dy, x, plan):
         z[:, o0:o1, off:off + nt] = _transform_dy(dy, plan, plan.chunks[i], o0, o1, a_mat)
 
     parallel_map(transform_dy, plan.jobs(plan.o))
-    du = np.empty((a2, plan.o, plan.c), dtype=x.dtype)
+    du = _SCRATCH.get("U", (a2, plan.o, plan.c), x.dtype, cap=U_CAP)   # the caller's thread
 
     def gemm(xb):
         np.matmul(z[xb[0]:xb[1]], v[xb[0]:xb[1]].transpose(0, 2, 1), out=du[xb[0]:xb[1]])
@@ -522,11 +534,15 @@ def winograd_weight_grad(dy, x, plan):
     return du
 
 
-def weight_from_transformed(du, m, o, c):
-    """dw (O, C, 3, 3) = G^T dU G for every (o, c): the adjoint of ``transform_weight``."""
+def weight_from_transformed(du, m, o, c, out=None):
+    """dw (O, C, 3, 3) = G^T dU G for every (o, c): the adjoint of ``transform_weight``;
+    into ``out`` (O, C, 3, 3), C-contiguous, if given. One GEMM, (O*C, alpha^2) @ (alpha^2, 9),
+    writing dw in its own layout."""
     kg = matrices(m, du.dtype.str)[3]
-    dw9 = np.matmul(kg.T, du.reshape(du.shape[0], o * c))          # (9, O*C)
-    return np.ascontiguousarray(dw9.T).reshape(o, c, R, R)
+    if out is None:
+        out = np.empty((o, c, R, R), dtype=du.dtype)
+    np.matmul(du.reshape(du.shape[0], o * c).T, kg, out=out.reshape(o * c, R * R))
+    return out
 
 
 # --------------------------------------------------------------------------- algorithm
@@ -549,8 +565,13 @@ class Winograd(ConvAlgorithm):
 
 
     def _u(self, w, prepared, i, o0, o1):
-        """Group i's U (alpha^2, Og, Cg): prepared, or transformed now."""
-        return prepared[i] if prepared is not None else transform_weight(w[o0:o1], self.m)
+        """Group i's U (alpha^2, Og, Cg): prepared, or transformed now into the calling
+        thread's reused U buffer (valid until its next pass)."""
+        if prepared is not None:
+            return prepared[i]
+        shape = ((self.m + R - 1) ** 2, o1 - o0, w.shape[1])
+        return transform_weight(w[o0:o1], self.m,
+                                out=_SCRATCH.get("U", shape, w.dtype, cap=U_CAP))
 
     def forward(self, x, w, g, prepared=None):
         y = np.empty(g.y_shape, dtype=np.result_type(x, w))
@@ -597,7 +618,7 @@ class Winograd(ConvAlgorithm):
         with pool_region():
             for c0, c1, o0, o1 in self._groups(g):
                 du = winograd_weight_grad(dy[:, o0:o1], x[:, c0:c1], plan)
-                dw[o0:o1] = weight_from_transformed(du, self.m, og, cg)
+                weight_from_transformed(du, self.m, og, cg, out=dw[o0:o1])
         return dw
 
     def workspace_bytes(self, g, pass_, itemsize):
