@@ -15,6 +15,7 @@ import pytest
 import copy
 
 import cnnlab.conv as conv
+from cnnlab import functional as F
 from cnnlab import nn
 from cnnlab.conv import ALGORITHMS, PASSES, ConvGeometry, chooser, gemm, threads, winograd
 from cnnlab.conv.winograd import POINTS, cook_toom, cook_toom_reversed
@@ -472,14 +473,91 @@ def test_in_place_edits_of_a_cached_weight_are_refused_until_the_cache_is_cleare
     assert not ro.flags.writeable
 
 
-def test_trainable_conv2d_keeps_no_cache(monkeypatch):
-    layer = nn.Conv2d(6, 8, 3, padding=1, algo="winograd4", rng=np.random.default_rng(0))
-    x = np.random.default_rng(4).standard_normal((1, 6, 9, 9)).astype(np.float32)
-    monkeypatch.setattr(ALGORITHMS["winograd4"], "prepare", lambda *a: pytest.fail("prepared"))
-    layer.backward(layer.forward(x))
-    assert len(layer.weight_cache) == 0 and layer.weight.grad is not None
+def test_trainable_conv2d_shares_u_within_a_step_and_keeps_no_frozen_cache(monkeypatch):
+    """A training step computes U once (forward), the data gradient runs on it, results are
+    bit for bit those of the unshared passes, and the next step reuses U's memory."""
+    def make(**kw):
+        return nn.Conv2d(6, 8, 3, padding=1, algo="winograd4", rng=np.random.default_rng(0), **kw)
+    layer, plain = make(), make(cache_weights=False)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 6, 9, 9)).astype(np.float32)
+    dy = rng.standard_normal((1, 8, 9, 9)).astype(np.float32)
+    calls = []
+    real = ALGORITHMS["winograd4"].prepare
+    monkeypatch.setattr(ALGORITHMS["winograd4"], "prepare",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    buffers = []
+    for step in range(2):
+        got = _fwd_bwd(layer, x, dy)
+        want = _fwd_bwd(plain, x, dy)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+        assert np.array_equal(layer.weight.grad, plain.weight.grad)
+        buffers.append(layer._step_prepared[0])
+        for m in (layer, plain):
+            m.weight.data -= 0.1 * m.weight.grad        # in place: allowed, nothing is frozen
+            m.zero_grad()
+    assert len(calls) == 2 and buffers[0] is buffers[1]   # once per step, same memory
+    assert len(layer.weight_cache) == 0 and layer.weight.data.flags.writeable
+    layer.eval()                                          # no backward expected: no U kept
+    layer.forward(x)
+    assert len(calls) == 2 and layer._step_prepared is None
     assert "cache_weights" not in repr(layer)
     assert "cache_weights=False" in repr(nn.Conv2d(2, 2, 3, cache_weights=False))
+
+
+def test_select_step_shares_and_keeps_only_where_measured_faster():
+    g = ConvGeometry.of((1, 32, 24, 24), (32, 32, 3, 3), 1, 1)
+    Chooser, Choice, cache_key = chooser.Chooser, chooser.Choice, chooser.cache_key
+    ch = Chooser()
+
+    def put(pass_, algo, times, **kw):
+        ch.choices[cache_key(g, pass_, np.float32, ch.workspace_limit, **kw)] = \
+            Choice(algo, "measured", times)
+
+    def plan(*args, **kw):
+        p = ch.select_step(g, *args, **kw)
+        return (p.forward.name, p.backward_data and p.backward_data.name,
+                p.backward_weight and p.backward_weight.name, p.share_u, p.keep_v)
+
+    put("forward", "im2col", {"im2col": 1.0, "winograd4": 1.2})
+    put("backward_data", "im2col", {"im2col": 1.0, "winograd4": 1.1})
+    put("backward_weight", "im2col", {"im2col": 1.0, "winograd4": 1.3})
+    put("backward_data", "winograd4", {"im2col": 1.0, "winograd4": 0.7}, prepared=True)
+    put("forward", "winograd4", {"winograd4": 1.3}, variant="save")
+    put("backward_weight", "winograd4", {"winograd4": 0.8}, variant="saved")
+    # winograd4: 1.2 + 0.7 (U shared) + (1.3 - 1.2) + 0.8 (V kept) = 2.8 < 3.0
+    assert plan() == ("winograd4", "winograd4", "winograd4", True, True)
+    put("backward_weight", "winograd4", {"winograd4": 1.0}, variant="saved")
+    # keeping V now costs 0.1 + 1.0 > 1.0: im2col's weight gradient; 1.2 + 0.7 + 1.0 < 3.0
+    assert plan() == ("winograd4", "winograd4", "im2col", True, False)
+    put("backward_data", "winograd4", {"im2col": 1.0, "winograd4": 0.9}, prepared=True)
+    assert plan() == ("im2col", "im2col", "im2col", False, False)     # 1.2 + 0.9 + 1.0 > 3.0
+    assert plan(need_dx=False, need_dw=False) == ("im2col", None, None, False, False)
+    assert plan("winograd4") == ("winograd4", "winograd4", "winograd4", True, True)
+    assert plan("im2col") == ("im2col", "im2col", "im2col", False, False)
+    ch.workspace_limit = 1000                     # neither U nor V fits: never shared or kept
+    assert plan("winograd4")[3:] == (False, False)
+
+
+def test_training_step_keeps_v_with_identical_results():
+    """F.conv2d_forward(for_backward=True) with a forced Winograd algorithm: U shared, V kept,
+    every gradient bit for bit that of the passes run apart (groups and odd sizes too)."""
+    rng = np.random.default_rng(5)
+    for shape, wshape, pad, groups in [((2, 6, 9, 11), (8, 6, 3, 3), 1, 1),
+                                       ((1, 8, 10, 7), (8, 4, 3, 3), 0, 2)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        w = rng.standard_normal(wshape).astype(np.float32)
+        b = rng.standard_normal(wshape[0]).astype(np.float32)
+        for algo in ("winograd2", "winograd4"):
+            y, cache = F.conv2d_forward(x, w, b, 1, pad, 1, groups, algo, for_backward=True)
+            step = cache[5]
+            assert step.plan.share_u and step.plan.keep_v and step.saved
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            got = F.conv2d_backward(dy, cache)
+            y0, cache0 = F.conv2d_forward(x, w, b, 1, pad, 1, groups, algo)
+            want = F.conv2d_backward(dy, cache0)
+            assert np.array_equal(y, y0)
+            assert all(np.array_equal(a, c) for a, c in zip(got, want))
 
 
 # ----------------------------------------------------------------------------- threads

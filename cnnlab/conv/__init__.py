@@ -11,13 +11,14 @@ from . import direct, fft, gemm, winograd  # noqa: F401 - registers the algorith
 from .algorithm import ALGORITHMS, PASSES, ConvAlgorithm, register
 from .chooser import (CHOOSER, Choice, Chooser, clear_choices, default_algo, disable_disk_cache,
                       eligible, enable_disk_cache, explain, get_default_algo, get_workspace_limit,
-                      select, set_default_algo, set_workspace_limit)
+                      select, select_step, set_default_algo, set_workspace_limit)
 from .geometry import ConvGeometry
 from .im2col import col2im, im2col
 from .prepared import WeightCache
 from .threads import get_num_threads, set_num_threads
 
 __all__ = ["ALGORITHMS", "PASSES", "ConvAlgorithm", "ConvGeometry", "register", "select",
+           "select_step",
            "eligible", "im2col", "col2im", "CHOOSER", "Chooser", "Choice", "explain",
            "set_default_algo", "get_default_algo", "default_algo", "set_workspace_limit",
            "get_workspace_limit", "enable_disk_cache", "disable_disk_cache", "clear_choices",

@@ -17,13 +17,22 @@ Prepared weights (for weights that do not change between calls, e.g. a frozen
 layer): an algorithm whose forward / data gradient starts with a transform of
 ``w`` alone (Winograd's U = G w G^T, FFT's kernel spectra) can compute it once:
 
-    prepare(w, g, pass_)          -> an opaque object, or None (nothing worth keeping)
+    prepare(w, g, pass_, reuse=None) -> an opaque object, or None (nothing worth keeping);
+                                     ``reuse``: an earlier object of the same key whose
+                                     memory may be overwritten (a training step reuses the
+                                     previous step's U instead of allocating it again)
     prepared_key(g, pass_)        -> hashable: prepared objects with equal keys (and the
                                      same w) are interchangeable; None: no preparation
     prepared_bytes(g, pass_, itemsize)  the memory that object holds
     forward(x, w, g, prepared=P) / backward_data(dy, w, g, prepared=P)
 
 give the same result as without ``prepared`` (bit for bit) and skip the transform.
+
+Saved input transforms (a training step): an algorithm with ``saves_input`` (Winograd)
+accepts ``forward(x, w, g, save=d)``, which also leaves in the dict ``d`` what it derived
+from x alone (Winograd's input tiles V), and ``backward_weight(dy, x, g, saved=d)``, which
+then skips that transform; ``saved_bytes(g, itemsize)`` is the memory kept. Same results,
+bit for bit.
 The caller owns the object and must drop it when w changes
 (:class:`cnnlab.conv.prepared.WeightCache` does that for a layer).
 """
@@ -36,6 +45,7 @@ class ConvAlgorithm:
     """Base class; subclasses set ``name`` and implement the passes."""
 
     name = "?"
+    saves_input = False     # True: forward(..., save=dict) / backward_weight(..., saved=dict)
 
     def supports(self, g, pass_: str) -> str | None:  # noqa: ARG002 - default: everything
         return None
@@ -56,7 +66,7 @@ class ConvAlgorithm:
     def prepared_key(self, g, pass_: str):  # noqa: ARG002
         return None
 
-    def prepare(self, w, g, pass_: str):  # noqa: ARG002
+    def prepare(self, w, g, pass_: str, reuse=None):  # noqa: ARG002
         return None
 
     def prepared_bytes(self, g, pass_: str, itemsize: int) -> int:  # noqa: ARG002

@@ -176,7 +176,7 @@ class FFTConv(ConvAlgorithm):
             return None                                 # more than one block: not kept
         return ("spectra", pass_, (sh, sw), g.groups)
 
-    def prepare(self, w, g, pass_):
+    def prepare(self, w, g, pass_, reuse=None):  # noqa: ARG002 - spectra are not reused
         if self.prepared_key(g, pass_) is None:
             return None
         s = fft_shape(g)

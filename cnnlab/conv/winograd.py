@@ -449,19 +449,25 @@ def transform_weight(w, m, out=None):
 
 # --------------------------------------------------------------------------- engine
 
-def winograd_conv(x, u, plan, y, reversed_=False):
+def winograd_conv(x, u, plan, y, reversed_=False, keep=None):
     """y (N, O, HO, WO) <- Winograd convolution of x with transformed weights u (alpha^2, O, C);
-    ``reversed_``: with the data gradient's matrices (u transformed by G' = G J)."""
+    ``reversed_``: with the data gradient's matrices (u transformed by G' = G J);
+    ``keep``: an (alpha^2, C, all tiles) array that receives the input tiles V (forward
+    matrices only), which the weight gradient of the same step can use instead of
+    transforming x again (``winograd_weight_grad(..., v=keep)``)."""
     at, a_mat, bt, _ = matrices(plan.m, x.dtype.str, reversed_)
     a2 = plan.alpha ** 2
     if plan.fused:
-        def run(chunk):
+        def run(i):
+            chunk, off = plan.chunks[i], plan.offsets[i]
             v = _transform_input(x, plan, chunk, 0, plan.c, bt)
+            if keep is not None:
+                keep[:, :, off:off + plan.tiles(chunk)] = v
             mm = _SCRATCH.get("m", (a2, plan.o, v.shape[2]), y.dtype)
             _transform_output(np.matmul(u, v, out=mm), plan, chunk, y, 0, plan.o, at, a_mat)
-        parallel_map(run, plan.chunks)
+        parallel_map(run, range(len(plan.chunks)))
         return y
-    v = _phase_input(x, plan, bt)
+    v = _phase_input(x, plan, bt, out=keep)
     mm = np.empty((a2, plan.o, plan.total_tiles), dtype=y.dtype)
 
     def gemm(xb):
@@ -481,9 +487,9 @@ def winograd_conv(x, u, plan, y, reversed_=False):
     return y
 
 
-def _phase_input(x, plan, bt):
-    """V (alpha^2, C, all tiles), transformed chunk by chunk in parallel."""
-    v = np.empty((plan.alpha ** 2, plan.c, plan.total_tiles), dtype=x.dtype)
+def _phase_input(x, plan, bt, out=None):
+    """V (alpha^2, C, all tiles), transformed chunk by chunk in parallel (into ``out``)."""
+    v = np.empty((plan.alpha ** 2, plan.c, plan.total_tiles), dtype=x.dtype) if out is None else out
 
     def run(job):
         i, (c0, c1) = job
@@ -494,21 +500,26 @@ def _phase_input(x, plan, bt):
     return v
 
 
-def winograd_weight_grad(dy, x, plan):
-    """dU (alpha^2, O, C) = sum over tiles of (A dy_tile A^T) V^T, V the forward input tiles."""
+def winograd_weight_grad(dy, x, plan, v=None):
+    """dU (alpha^2, O, C) = sum over tiles of (A dy_tile A^T) V^T, V the forward input tiles
+    (``v``: V as the forward kept it, (alpha^2, C, all tiles); else transformed here)."""
     _, a_mat, bt, _ = matrices(plan.m, x.dtype.str)
     a2 = plan.alpha ** 2
     if plan.fused:
         k = min(plan.nthreads, len(plan.chunks))
-        groups = [plan.chunks[i::k] for i in range(k)]
+        groups = [list(range(len(plan.chunks)))[i::k] for i in range(k)]
 
-        def run(chunks):
+        def run(indices):
             du = np.zeros((a2, plan.o, plan.c), dtype=x.dtype)
             part = np.empty_like(du)
-            for chunk in chunks:
-                v = _transform_input(x, plan, chunk, 0, plan.c, bt)
+            for i in indices:
+                chunk, off = plan.chunks[i], plan.offsets[i]
+                if v is None:
+                    vc = _transform_input(x, plan, chunk, 0, plan.c, bt)
+                else:
+                    vc = v[:, :, off:off + plan.tiles(chunk)]
                 z = _transform_dy(dy, plan, chunk, 0, plan.o, a_mat)
-                du += np.matmul(z, v.transpose(0, 2, 1), out=part)
+                du += np.matmul(z, vc.transpose(0, 2, 1), out=part)
             return du
 
         parts = parallel_map(run, groups)
@@ -516,7 +527,8 @@ def winograd_weight_grad(dy, x, plan):
         for p in parts[1:]:
             total += p
         return total
-    v = _phase_input(x, plan, bt)
+    if v is None:
+        v = _phase_input(x, plan, bt)
     z = np.empty((a2, plan.o, plan.total_tiles), dtype=x.dtype)
 
     def transform_dy(job):
@@ -541,7 +553,12 @@ def weight_from_transformed(du, m, o, c, out=None):
     kg = matrices(m, du.dtype.str)[3]
     if out is None:
         out = np.empty((o, c, R, R), dtype=du.dtype)
-    np.matmul(du.reshape(du.shape[0], o * c).T, kg, out=out.reshape(o * c, R * R))
+    du2, out2 = du.reshape(du.shape[0], o * c), out.reshape(o * c, R * R)
+
+    def block(rows):                    # memory-bound (reads alpha^2 O C floats): all threads
+        np.matmul(du2[:, rows[0]:rows[1]].T, kg, out=out2[rows[0]:rows[1]])
+
+    parallel_map(block, _even(o * c, get_num_threads() if o * c >= 1 << 16 else 1))
     return out
 
 
@@ -573,15 +590,32 @@ class Winograd(ConvAlgorithm):
         return transform_weight(w[o0:o1], self.m,
                                 out=_SCRATCH.get("U", shape, w.dtype, cap=U_CAP))
 
-    def forward(self, x, w, g, prepared=None):
+    saves_input = True      # forward(..., save=) / backward_weight(..., saved=): see below
+
+    def forward(self, x, w, g, prepared=None, save=None):
+        """``save``: a dict that receives this forward's input tiles V per group
+        ((alpha^2, C/groups, all tiles) each, (alpha/m)^2 = 2.25x (F4) or 4x (F2) the input),
+        for ``backward_weight(..., saved=save)`` of the same step."""
         y = np.empty(g.y_shape, dtype=np.result_type(x, w))
         plan = _Plan(self.m, g.n, g.c // g.groups, g.h, g.w, g.o // g.groups, g.ho, g.wo,
                      g.padding[0], g.padding[1])
+        keep = None
+        if save is not None:
+            keep = [np.empty(((self.m + R - 1) ** 2, g.c // g.groups, plan.total_tiles),
+                             dtype=x.dtype) for _ in range(g.groups)]
         with pool_region():
             for i, (c0, c1, o0, o1) in enumerate(self._groups(g)):
                 u = self._u(w, prepared, i, o0, o1)
-                winograd_conv(x[:, c0:c1], u, plan, y[:, o0:o1])
+                winograd_conv(x[:, c0:c1], u, plan, y[:, o0:o1],
+                              keep=None if keep is None else keep[i])
+        if save is not None:
+            save["input_tiles"] = (self.name, g, keep)
         return y
+
+    def saved_bytes(self, g, itemsize) -> int:
+        """Memory ``forward(..., save=)`` keeps: V for every group."""
+        plan = _Plan(self.m, g.n, g.c // g.groups, g.h, g.w, g.o // g.groups, g.ho, g.wo, 0, 0)
+        return (self.m + R - 1) ** 2 * g.c * plan.total_tiles * itemsize
 
     def backward_data(self, dy, w, g, prepared=None):
         dx = np.empty(g.x_shape, dtype=np.result_type(dy, w))
@@ -599,25 +633,39 @@ class Winograd(ConvAlgorithm):
     def prepared_key(self, g, pass_):
         return None if pass_ == "backward_weight" else ("U", g.groups)
 
-    def prepare(self, w, g, pass_):
+    def prepare(self, w, g, pass_, reuse=None):
         if self.prepared_key(g, pass_) is None:
             return None
+        groups = self._groups(g)
+        a2 = (self.m + R - 1) ** 2
+        shapes = [(a2, o1 - o0, w.shape[1]) for _, _, o0, o1 in groups]
+        if not (isinstance(reuse, tuple) and len(reuse) == len(groups)
+                and all(isinstance(u, np.ndarray) and u.shape == s and u.dtype == w.dtype
+                        and u.flags.c_contiguous and u.flags.writeable
+                        for u, s in zip(reuse, shapes))):
+            reuse = (None,) * len(groups)
         with pool_region():
-            return tuple(transform_weight(w[o0:o1], self.m) for _, _, o0, o1 in self._groups(g))
+            return tuple(transform_weight(w[o0:o1], self.m, out=u)
+                         for (_, _, o0, o1), u in zip(groups, reuse))
 
     def prepared_bytes(self, g, pass_, itemsize):
         if self.prepared_key(g, pass_) is None:
             return 0
         return (self.m + R - 1) ** 2 * g.o * (g.c // g.groups) * itemsize
 
-    def backward_weight(self, dy, x, g):
+    def backward_weight(self, dy, x, g, saved=None):
+        """``saved``: the dict a ``forward(..., save=)`` of this x filled (its V is used if it
+        came from this algorithm on this geometry; otherwise x is transformed here)."""
         dw = np.empty(g.w_shape, dtype=np.result_type(dy, x))
         og, cg = g.o // g.groups, g.c // g.groups
         plan = _Plan(self.m, g.n, cg, g.h, g.w, og, g.ho, g.wo, g.padding[0], g.padding[1],
                      weight_grad=True)
+        kept = (saved or {}).get("input_tiles")
+        vs = kept[2] if kept is not None and kept[0] == self.name and kept[1] == g else None
         with pool_region():
-            for c0, c1, o0, o1 in self._groups(g):
-                du = winograd_weight_grad(dy[:, o0:o1], x[:, c0:c1], plan)
+            for i, (c0, c1, o0, o1) in enumerate(self._groups(g)):
+                du = winograd_weight_grad(dy[:, o0:o1], x[:, c0:c1], plan,
+                                          v=None if vs is None else vs[i])
                 weight_from_transformed(du, self.m, og, cg, out=dw[o0:o1])
         return dw
 

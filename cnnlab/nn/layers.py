@@ -33,6 +33,14 @@ class Conv2d(Module):
     read-only, so edit a frozen weight by assigning a new array, or call
     ``clear_weight_cache()`` first. Memory: ``weight_cache.nbytes`` (4x the weight for
     Winograd F(4x4), 1.8x for F(2x2)); ``cache_weights=False`` turns it off.
+
+    Trainable weight, in training mode: the three passes are chosen together
+    (``F.conv2d_forward(..., for_backward=True)``), and where auto measured it faster (or
+    with a forced Winograd algorithm) the forward's U serves the data gradient and its input
+    tiles V the weight gradient of the same step (held until the backward: V is 2.25x the
+    input for F(4x4)). The layer keeps U's buffer from step to step (the same memory as the
+    frozen cache above; a fresh 37.7 MB array would cost its page faults on every step);
+    ``clear_weight_cache()`` frees it, ``cache_weights=False`` turns all of this off.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -56,6 +64,7 @@ class Conv2d(Module):
             self.bias = None
         self.cache_weights = bool(cache_weights)
         self.weight_cache = WeightCache()
+        self._step_prepared = None      # the last training step's U, reused by the next one
 
     # -- the convolution itself (also used by cnnlab.style's input-gradient pass) ----------
     def geometry(self, x_shape) -> ConvGeometry:
@@ -73,8 +82,10 @@ class Conv2d(Module):
         return self._run("backward_data", dy, g)
 
     def clear_weight_cache(self) -> None:
-        """Drop the prepared weights (and make the weight array writeable again)."""
+        """Drop the prepared weights (and make the weight array writeable again), and the
+        buffer a training step keeps for its transformed weight."""
         self.weight_cache.clear()
+        self._step_prepared = None
 
     def _run(self, pass_, a, g):
         w = self.weight.data
@@ -92,10 +103,22 @@ class Conv2d(Module):
             raise ShapeError(f"Conv2d expects input with {self.in_channels} channels (N, "
                              f"{self.in_channels}, H, W), got {tuple(x.shape)}")
         g = self.geometry(x.shape)
-        out = self.conv(x, g)
+        w = self.weight.data
+        if self.training and self.cache_weights and not self.weight.frozen:
+            if len(self.weight_cache):                  # a training step: see above
+                self.weight_cache.clear()               # trainable again: its transforms go stale
+            out, self._cache = F.conv2d_forward(
+                x, w, None, self.stride, self.padding, self.dilation, self.groups, self.algo,
+                for_backward=True, need_dx=self.need_input_grad,
+                reuse=getattr(self, "_step_prepared", None))
+            self._step_prepared = F.shared_prepared(self._cache)
+        else:
+            self._step_prepared = None
+            out = self.conv(x, g)
+            self._cache = (x, w, self.bias is not None, g, self.algo)
         if self.bias is not None:
             out += self.bias.data.reshape(1, -1, 1, 1)
-        self._cache = (x, self.weight.data, self.bias is not None, g, self.algo)
+            self._cache = self._cache[:2] + (True,) + self._cache[3:]
         return out
 
     def backward(self, dout):
