@@ -505,38 +505,41 @@ def test_trainable_conv2d_shares_u_within_a_step_and_keeps_no_frozen_cache(monke
     assert "cache_weights=False" in repr(nn.Conv2d(2, 2, 3, cache_weights=False))
 
 
-def test_select_step_shares_and_keeps_only_where_measured_faster():
+def test_select_step_forced_filed_and_measured(tmp_path):
     g = ConvGeometry.of((1, 32, 24, 24), (32, 32, 3, 3), 1, 1)
     Chooser, Choice, cache_key = chooser.Chooser, chooser.Choice, chooser.cache_key
     ch = Chooser()
-
-    def put(pass_, algo, times, **kw):
-        ch.choices[cache_key(g, pass_, np.float32, ch.workspace_limit, **kw)] = \
-            Choice(algo, "measured", times)
 
     def plan(*args, **kw):
         p = ch.select_step(g, *args, **kw)
         return (p.forward.name, p.backward_data and p.backward_data.name,
                 p.backward_weight and p.backward_weight.name, p.share_u, p.keep_v)
 
-    put("forward", "im2col", {"im2col": 1.0, "winograd4": 1.2})
-    put("backward_data", "im2col", {"im2col": 1.0, "winograd4": 1.1})
-    put("backward_weight", "im2col", {"im2col": 1.0, "winograd4": 1.3})
-    put("backward_data", "winograd4", {"im2col": 1.0, "winograd4": 0.7}, prepared=True)
-    put("forward", "winograd4", {"winograd4": 1.3}, variant="save")
-    put("backward_weight", "winograd4", {"winograd4": 0.8}, variant="saved")
-    # winograd4: 1.2 + 0.7 (U shared) + (1.3 - 1.2) + 0.8 (V kept) = 2.8 < 3.0
-    assert plan() == ("winograd4", "winograd4", "winograd4", True, True)
-    put("backward_weight", "winograd4", {"winograd4": 1.0}, variant="saved")
-    # keeping V now costs 0.1 + 1.0 > 1.0: im2col's weight gradient; 1.2 + 0.7 + 1.0 < 3.0
-    assert plan() == ("winograd4", "winograd4", "im2col", True, False)
-    put("backward_data", "winograd4", {"im2col": 1.0, "winograd4": 0.9}, prepared=True)
-    assert plan() == ("im2col", "im2col", "im2col", False, False)     # 1.2 + 0.9 + 1.0 > 3.0
-    assert plan(need_dx=False, need_dw=False) == ("im2col", None, None, False, False)
+    # forced: share and keep whenever the algorithm can, within the workspace limit
     assert plan("winograd4") == ("winograd4", "winograd4", "winograd4", True, True)
+    assert plan("winograd2", need_dx=False) == ("winograd2", None, "winograd2", False, True)
     assert plan("im2col") == ("im2col", "im2col", "im2col", False, False)
-    ch.workspace_limit = 1000                     # neither U nor V fits: never shared or kept
+    ch.workspace_limit = 1000
     assert plan("winograd4")[3:] == (False, False)
+    ch.workspace_limit = chooser.DEFAULT_WORKSPACE_LIMIT
+    # a filed step choice is used as it is (its code names the plan)
+    ch.choices[cache_key(g, "forward", np.float32, ch.workspace_limit)] = \
+        Choice("im2col", "measured", {"im2col": 1.0, "winograd4": 1.2})
+    ch.choices[cache_key(g, "step|dx|dw", np.float32, ch.workspace_limit)] = \
+        Choice("winograd4,winograd4,im2col,U,", "measured", {})
+    assert plan() == ("winograd4", "winograd4", "im2col", True, False)
+    # measured: whole steps of each candidate plan, the fastest kept, and filed on disk
+    fresh = Chooser()
+    fresh.enable_disk_cache(tmp_path / "algos.json")
+    p = fresh.select_step(g)
+    key = cache_key(g, "step|dx|dw", np.float32, fresh.workspace_limit)
+    choice = fresh.choices[key]
+    assert choice.how == "measured" and len(choice.times_ms) >= 2
+    assert choice.algo == min(choice.times_ms, key=choice.times_ms.get) == p.code()
+    assert chooser.StepPlan.from_code(p.code()) == p
+    again = Chooser()
+    again.enable_disk_cache(tmp_path / "algos.json")
+    assert again.select_step(g) == p and again.choices[key].how == "disk"
 
 
 def test_training_step_keeps_v_with_identical_results():

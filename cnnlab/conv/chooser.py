@@ -52,6 +52,7 @@ import numpy as np
 
 from ..errors import UnsupportedConfigError
 from .algorithm import ALGORITHMS, PASSES
+from .step import StepPlan, step_backward, step_forward
 from .threads import get_num_threads
 
 ENV_ALGO = "CNNLAB_CONV_ALGO"
@@ -60,6 +61,7 @@ TINY_MACS = 1_000_000
 DEFAULT_WORKSPACE_LIMIT = 1 << 30
 NOT_AUTO = ("direct",)          # correct but never fast: the reference
 CACHE_FORMAT = "cnnlab-conv-algos-1"
+STEP_FORWARD_SLACK = 2.0        # select_step times plans whose forward is within 2x of the best
 REUSE_SLACK = 1.15              # a held prepared algorithm within 15% of the fastest is kept
 
 
@@ -75,38 +77,8 @@ class Choice:
         return {"algo": self.algo, "how": self.how, "times_ms": self.times_ms}
 
 
-@dataclass
-class StepPlan:
-    """A training step's algorithms (see ``Chooser.select_step``); a pass not needed is None."""
-
-    forward: object
-    backward_data: object
-    backward_weight: object
-    share_u: bool = False       # the data gradient runs on the forward's prepared weight
-    keep_v: bool = False        # the weight gradient runs on the forward's input transform
-
-    def describe(self) -> str:
-        parts = [self.forward.name]
-        if self.backward_data is not None:
-            parts.append(self.backward_data.name + (" (U shared)" if self.share_u else ""))
-        if self.backward_weight is not None:
-            parts.append(self.backward_weight.name + (" (V kept)" if self.keep_v else ""))
-        return " + ".join(parts)
-
-
-VARIANTS = {"forward": ("", "save"), "backward_data": ("",), "backward_weight": ("", "saved")}
-
-
-def _runner(a, pass_, args, g, dtype, prepared=False, variant=""):
+def _runner(a, pass_, args, g, prepared=False):
     """A zero-argument call of one measured run (preparation done here, untimed)."""
-    if variant == "save":
-        return lambda: a.forward(*args, g, save={})
-    if variant == "saved":
-        dy, x = args
-        w = np.random.default_rng(1).standard_normal(g.w_shape, dtype=np.float32).astype(dtype)
-        saved = {}
-        a.forward(x, w, g, save=saved)
-        return lambda: a.backward_weight(dy, x, g, saved=saved)
     prep = a.prepare(args[1], g, pass_) if prepared else None
     return lambda: a.run(pass_, *args, g, prepared=prep)
 
@@ -138,7 +110,7 @@ def _forced(g, pass_, algo, origin=""):
 
 
 def cache_key(g, pass_: str, dtype, workspace_limit, prepared: bool = False,
-              threads: int | None = None, variant: str = "") -> str:
+              threads: int | None = None) -> str:
     """The string a choice is filed under (memory and disk); "|prepared": timed with
     prepared weights; "|t2": measured with 2 threads (default: the current
     ``get_num_threads()``: the best algorithm depends on how many cores it gets)."""
@@ -146,7 +118,7 @@ def cache_key(g, pass_: str, dtype, workspace_limit, prepared: bool = False,
     return (f"{pass_}|{np.dtype(dtype).name}|n{g.n} c{g.c} h{g.h} w{g.w} o{g.o} "
             f"k{g.kh}x{g.kw} s{g.stride[0]}x{g.stride[1]} p{g.padding[0]}x{g.padding[1]} "
             f"d{g.dilation[0]}x{g.dilation[1]} g{g.groups}|ws{workspace_limit}|t{threads}"
-            + ("|prepared" if prepared else "") + (f"|{variant}" if variant else ""))
+            + ("|prepared" if prepared else ""))
 
 
 def cpu_model() -> str:
@@ -284,68 +256,101 @@ class Chooser:
 
     def select_step(self, g, algo: str = "auto", dtype=None, need_dx: bool = True,
                     need_dw: bool = True) -> StepPlan:
-        """The algorithms of a training step (forward, then the data gradient if ``need_dx``
-        and the weight gradient if ``need_dw``, all with the same weight), and what the
-        forward keeps for them: ``share_u``, its transformed weight (Winograd's U) for the
-        data gradient; ``keep_v``, its transformed input tiles (Winograd's V) for the weight
-        gradient. Either way the step transforms once what the passes apart would twice.
+        """The plan of a training step (forward, then the data gradient if ``need_dx`` and the
+        weight gradient if ``need_dw``, all with the same weight; :mod:`cnnlab.conv.step`):
+        which algorithm runs each pass, and whether the forward keeps its transformed weight
+        for the data gradient (``share_u``) and its transformed input for the weight
+        gradient (``keep_v``).
 
         Forced algorithms share and keep whenever they can (within the workspace limit).
-        Under "auto" the step is the cheapest combination, by the times auto measured, of a
-        forward algorithm F (auto's forward pick, or any algorithm that can share or keep),
-        a data gradient (auto's own pick, or F on F's U) and a weight gradient (auto's own
-        pick, or F on F's V, in which case F's forward is timed as the forward that keeps V:
-        extra keys "|save" and "|saved", measured on first use like the others). Where auto
-        has no times (heuristic or single-candidate choices) the passes' own picks are used,
-        sharing only when they are the same algorithm."""
+        Under "auto", the candidate plans are the passes' own picks (sharing only where two
+        are the same algorithm) and, for each algorithm F that can share or keep, F with U
+        shared and V kept, F with U shared only and F with V kept only (the other passes
+        being auto's own picks); each is timed as a whole step on synthetic data (one
+        warm-up, then ``repeats`` interleaved rounds; the fastest run counts) and the
+        fastest is kept under its own key ("step|dx|dw"). Passes timed apart would mislead
+        here: run one after another they find their inputs out of cache, and keeping V costs
+        the forward a write and saves the weight gradient a transform, so only the whole
+        step says which wins. Without measurements (heuristic choices, too small a layer)
+        the passes' own picks are used."""
         fwd = self.select(g, "forward", algo, dtype)
         bwd = self.select(g, "backward_data", algo, dtype) if need_dx else None
         bww = self.select(g, "backward_weight", algo, dtype) if need_dw else None
 
-        def same(a, b):
-            return b is None or a is b
+        def shares(a, b):
+            return need_dx and a is b and self._can_share(a, g, dtype)
 
-        def plain():
-            return StepPlan(fwd, bwd, bww,
-                            need_dx and same(fwd, bwd) and self._can_share(fwd, g, dtype),
-                            need_dw and same(fwd, bww) and self._can_keep(fwd, g, dtype))
+        def keeps(a, b):
+            return need_dw and a is b and self._can_keep(a, g, dtype)
 
+        plain = StepPlan(fwd, bwd, bww, shares(fwd, bwd), keeps(fwd, bww))
         if (algo or "auto") != "auto" or self.default_algo != "auto":
-            return plain()
+            return plain
         cf = self.choose(g, "forward", dtype)
-        cb = self.choose(g, "backward_data", dtype) if need_dx else None
-        cw = self.choose(g, "backward_weight", dtype) if need_dw else None
-        if any(c is not None and c.algo not in c.times_ms for c in (cf, cb, cw)):
-            return plain()
-        sharers = [n for n in cf.times_ms
-                   if need_dx and self._can_share(ALGORITHMS[n], g, dtype)]
-        keepers = [n for n in cf.times_ms
-                   if need_dw and self._can_keep(ALGORITHMS[n], g, dtype)]
-        cp = self.choose(g, "backward_data", dtype, prepared=True) if sharers else None
-        cs = self.choose(g, "forward", dtype, variant="save") if keepers else None
-        cv = self.choose(g, "backward_weight", dtype, variant="saved") if keepers else None
-        best, plan = float("inf"), plain()
-        for name in dict.fromkeys([cf.algo, *sharers, *keepers]):
+        if not cf.times_ms:
+            return plain
+        dtype = np.dtype(dtype or np.float32)
+        key = cache_key(g, "step" + ("|dx" if need_dx else "") + ("|dw" if need_dw else ""),
+                        dtype, self.workspace_limit)
+        hit = self.choices.get(key)
+        if hit is None and self.cache_file is not None:
+            disk = self._disk_entries().get(key)
+            if disk is not None:
+                hit = Choice(disk.get("algo", ""), "disk", dict(disk.get("times_ms", {})))
+        if hit is not None:
+            plan = StepPlan.from_code(hit.algo)
+            if plan is not None and plan.supports(g):
+                self.choices[key] = hit
+                return plan
+        plans = {plain.code(): plain}
+        for name in cf.times_ms:
+            if cf.times_ms[name] > STEP_FORWARD_SLACK * cf.times_ms[cf.algo]:
+                continue                    # a forward this slow does not win the step
             a = ALGORITHMS[name]
-            cost = cf.times_ms[name]
-            share = keep = False
-            if need_dx:
-                t_bd = cb.times_ms[cb.algo]
-                if name in sharers and name in cp.times_ms and cp.times_ms[name] < t_bd:
-                    t_bd, share = cp.times_ms[name], True
-                cost += t_bd
-            if need_dw:
-                t_bw = cw.times_ms[cw.algo]
-                if (name in keepers and name in cs.times_ms and name in cv.times_ms
-                        and cs.times_ms[name] - cf.times_ms[name] + cv.times_ms[name] < t_bw):
-                    t_bw, keep = cs.times_ms[name] - cf.times_ms[name] + cv.times_ms[name], True
-                cost += t_bw
-            if cost < best:
-                best = cost
-                plan = StepPlan(a, (a if share else ALGORITHMS[cb.algo]) if need_dx else None,
-                                (a if keep else ALGORITHMS[cw.algo]) if need_dw else None,
-                                share, keep)
-        return plan
+            u, v = shares(a, a), keeps(a, a)
+            for share, keep in ((u, v), (u, False), (False, v)):
+                if share or keep:
+                    p = StepPlan(a, (a if share else bwd) if need_dx else None,
+                                 (a if keep else bww) if need_dw else None, share, keep)
+                    plans.setdefault(p.code(), p)
+        if len(plans) == 1:
+            return plain
+        choice = self._measure_steps(g, dtype, plans, need_dx, need_dw)
+        self.choices[key] = choice
+        if self.cache_file is not None:
+            self._save(key, choice)
+        return plans[choice.algo]
+
+    def _measure_steps(self, g, dtype, plans, need_dx, need_dw) -> Choice:
+        """Time whole steps of each plan (as ``_measure`` times passes)."""
+        rng = np.random.default_rng(0)
+        x, w, dy = (rng.standard_normal(shape, dtype=np.float32).astype(dtype, copy=False)
+                    for shape in (g.x_shape, g.w_shape, g.y_shape))
+
+        def runner(plan):
+            reuse = {}
+
+            def run():
+                _, state = step_forward(plan, x, w, g, reuse=reuse.get("u"))
+                reuse["u"] = state.u
+                step_backward(state, dy, x, w, g, need_dx, need_dw)
+            return run
+
+        times, runs, best = {}, {}, float("inf")
+        for code, plan in plans.items():
+            runs[code] = runner(plan)
+            t0 = time.perf_counter()
+            runs[code]()
+            times[code] = time.perf_counter() - t0
+            best = min(best, times[code])
+        alive = [c for c in plans if times[c] <= 3 * best]
+        for _ in range(self.repeats):
+            for code in alive:
+                t0 = time.perf_counter()
+                runs[code]()
+                times[code] = min(times[code], time.perf_counter() - t0)
+        winner = min(alive, key=times.get)
+        return Choice(winner, "measured", {c: round(t * 1e3, 3) for c, t in times.items()})
 
     def _can_keep(self, a, g, dtype) -> bool:
         """Whether ``a``'s forward can keep its input transform for the weight gradient, within
@@ -379,55 +384,44 @@ class Chooser:
                              key=lambda n: ALGORITHMS[n].workspace_bytes(g, pass_, itemsize))]
         return names or eligible(g, pass_)
 
-    def choose(self, g, pass_: str, dtype=None, prepared: bool = False,
-               variant: str = "") -> Choice:
+    def choose(self, g, pass_: str, dtype=None, prepared: bool = False) -> Choice:
         """Auto's choice for this key: from memory, the disk cache, a measurement or a heuristic.
         ``prepared``: for a layer that runs on prepared weights (no effect on the weight
-        gradient, which does not read the weights). ``variant``: "save" (a forward that
-        also keeps its input transform) or "saved" (a weight gradient given it), among the
-        algorithms that can (``saves_input``); see ``select_step``."""
+        gradient, which does not read the weights)."""
         dtype = np.dtype(dtype or np.float32)
         prepared = bool(prepared) and pass_ != "backward_weight"
-        if variant not in VARIANTS.get(pass_, ("",)):
-            raise ValueError(f"no variant {variant!r} for pass {pass_!r}")
-        key = cache_key(g, pass_, dtype, self.workspace_limit, prepared, variant=variant)
+        key = cache_key(g, pass_, dtype, self.workspace_limit, prepared)
         hit = self.choices.get(key)
         if hit is not None:
             return hit
         names = self.candidates(g, pass_, dtype)
-        if variant:
-            names = [n for n in names if ALGORITHMS[n].saves_input]
-            if not names:
-                choice = self.choices[key] = Choice("", "none")
-                return choice
         disk = self._disk_entries().get(key) if self.cache_file is not None else None
         if disk is not None and disk.get("algo") in names:
             choice = Choice(disk["algo"], "disk", dict(disk.get("times_ms", {})))
-        elif len(names) == 1 and not variant:
+        elif len(names) == 1:
             choice = Choice(names[0], "only")
         elif not self.measure or g.macs < TINY_MACS:
             choice = Choice(heuristic(g, pass_, names), "heuristic")
         else:
-            choice = self._measure(g, pass_, dtype, names, prepared, variant)
+            choice = self._measure(g, pass_, dtype, names, prepared)
         self.choices[key] = choice
         if choice.how == "measured" and self.cache_file is not None:
             self._save(key, choice)
         return choice
 
-    def _measure(self, g, pass_, dtype, names, prepared=False, variant="") -> Choice:
+    def _measure(self, g, pass_, dtype, names, prepared=False) -> Choice:
         """Warm each candidate up once (dropping any 3x slower than the best warm-up so far),
         then time the survivors in interleaved rounds, so a burst of load elsewhere on the
         machine hits them all alike; the fastest single run wins. With ``prepared`` each
-        candidate's weights are prepared before its first run (untimed); with variant
-        "saved", the forward that keeps the input transform runs first (untimed)."""
+        candidate's weights are prepared before its first run (untimed)."""
         args = _synthetic_inputs(g, pass_, dtype)
-        first = heuristic(g, pass_, names) if heuristic(g, pass_, names) in names else names[0]
+        first = heuristic(g, pass_, names)
         order = [first] + [n for n in names if n != first]
         times, alive = {}, []
         best = float("inf")
         runs = {}
         for name in order:
-            runs[name] = _runner(ALGORITHMS[name], pass_, args, g, dtype, prepared, variant)
+            runs[name] = _runner(ALGORITHMS[name], pass_, args, g, prepared)
             t0 = time.perf_counter()
             runs[name]()
             warm = time.perf_counter() - t0

@@ -11,8 +11,9 @@ x: (N, C, H, W), w: (O, C/groups, KH, KW), b: (O,) or None -> y: (N, O, HO, WO)
 "im2col", "fft", "winograd2", "winograd4".
 
 A training step (``for_backward=True``): the gradients will follow with the same w, so the
-three passes' algorithms are chosen together (``cnnlab.conv.select_step``) and, where that
-is faster, the forward keeps what the backward would otherwise compute again: the
+three passes' algorithms are chosen together, timed as whole steps
+(``cnnlab.conv.select_step``, :mod:`cnnlab.conv.step`), and, where that is faster, the
+forward keeps what the backward would otherwise compute again: the
 transformed weight (Winograd's U = G w G^T, (alpha^2, O, C/groups): 4x the weight for
 F(4x4), 1.8x for F(2x2)) for the data gradient, and the transformed input tiles (Winograd's
 V, (alpha^2, C, tiles): 2.25x the input for F(4x4), 4x for F(2x2)) for the weight gradient.
@@ -20,18 +21,8 @@ Both live in the cache until the backward.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..conv import ConvGeometry, select, select_step
-
-
-@dataclass
-class TrainingStep:
-    """What a ``for_backward`` forward leaves for its backward: the plan and its transforms."""
-
-    plan: object            # cnnlab.conv.chooser.StepPlan
-    u: object = None        # the forward's prepared weight, when plan.share_u
-    saved: dict | None = None   # the forward's input transform, when plan.keep_v
+from ..conv.step import step_backward, step_forward
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
@@ -45,22 +36,15 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo
     of an earlier step of this layer, whose memory this step may overwrite (saves
     re-allocating U; the earlier cache must be done with)."""
     g = ConvGeometry.of(x.shape, w.shape, stride, padding, dilation, groups)
-    step = None
+    state = None
     if for_backward:
         plan = select_step(g, algo, x.dtype, need_dx=need_dx, need_dw=need_dw)
-        step = TrainingStep(plan)
-        if plan.share_u:
-            step.u = plan.forward.prepare(w, g, "forward", reuse=reuse)
-        if plan.keep_v:
-            step.saved = {}
-            y = plan.forward.forward(x, w, g, prepared=step.u, save=step.saved)
-        else:
-            y = plan.forward.run("forward", x, w, g, prepared=step.u)
+        y, state = step_forward(plan, x, w, g, reuse=reuse)
     else:
         y = select(g, "forward", algo, x.dtype).forward(x, w, g)
     if b is not None:
         y += b.reshape(1, -1, 1, 1)
-    return y, (x, w, b is not None, g, algo, step)
+    return y, (x, w, b is not None, g, algo, state)
 
 
 def shared_prepared(cache):
@@ -76,20 +60,13 @@ def conv2d_backward(dout, cache, need_dx=True, need_dw=True):
     and bias gradients (frozen layers, neural style).
     """
     x, w, has_bias, g, algo = cache[:5]
-    step = cache[5] if len(cache) > 5 else None
-    plan = None if step is None else step.plan
-    dx = None
-    if need_dx and plan is not None and plan.backward_data is not None:
-        dx = plan.backward_data.run("backward_data", dout, w, g,
-                                    prepared=step.u if plan.share_u else None)
-    elif need_dx:
+    state = cache[5] if len(cache) > 5 else None
+    dx = dw = db = None
+    if state is not None:               # a for_backward forward: its plan and what it kept
+        dx, dw = step_backward(state, dout, x, w, g, need_dx, need_dw)
+    if need_dx and dx is None:
         dx = select(g, "backward_data", algo, dout.dtype).backward_data(dout, w, g)
-    dw = db = None
-    if need_dw and plan is not None and plan.keep_v:
-        dw = plan.backward_weight.backward_weight(dout, x, g, saved=step.saved)
-    elif need_dw and plan is not None:
-        dw = plan.backward_weight.backward_weight(dout, x, g)
-    elif need_dw:
+    if need_dw and dw is None:
         dw = select(g, "backward_weight", algo, dout.dtype).backward_weight(dout, x, g)
     if need_dw and has_bias:
         db = dout.sum(axis=(0, 2, 3))
