@@ -248,6 +248,8 @@ def main(argv=None):
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
+        from common import steady_malloc
+        steady_malloc()             # the same allocator state in every worker (common.py)
         if args.worker.startswith("opt-"):
             result = worker_optimizer(args.size, int(args.iterations), args.worker[4:])
         else:

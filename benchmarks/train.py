@@ -32,7 +32,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")   # as the cnnlab command 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_line, settle, versions_line  # noqa: E402
+from common import load_line, settle, steady_malloc, versions_line  # noqa: E402
 
 from cnnlab import nn  # noqa: E402
 from cnnlab.data import load_dataset  # noqa: E402
@@ -176,7 +176,7 @@ def main() -> None:
           f"batch {args.batch_size}, {args.optimizer} lr {args.lr:g} cosine, augment "
           f"{args.augment}, {args.threads} threads", flush=True)
     print(versions_line(torch, args.threads))
-    print(load_line(), flush=True)
+    print(f"{steady_malloc()}; {load_line()}", flush=True)   # same allocator state for both
 
     model = build_model("small_vgg", in_channels=channels, seed=args.seed)
     twin = torch_small_vgg(torch, channels)
