@@ -492,15 +492,17 @@ def test_trainable_conv2d_shares_u_within_a_step_and_keeps_no_frozen_cache(monke
         want = _fwd_bwd(plain, x, dy)
         assert all(np.array_equal(a, b) for a, b in zip(got, want))
         assert np.array_equal(layer.weight.grad, plain.weight.grad)
-        buffers.append(layer._step_prepared[0])
+        buffers.append(layer.weight_cache.step_u[0])
         for m in (layer, plain):
             m.weight.data -= 0.1 * m.weight.grad        # in place: allowed, nothing is frozen
             m.zero_grad()
     assert len(calls) == 2 and buffers[0] is buffers[1]   # once per step, same memory
+    assert layer.weight_cache.nbytes == buffers[0].nbytes
+    assert copy.deepcopy(layer).weight_cache.step_u is None   # copies do not carry it
     assert len(layer.weight_cache) == 0 and layer.weight.data.flags.writeable
     layer.eval()                                          # no backward expected: no U kept
     layer.forward(x)
-    assert len(calls) == 2 and layer._step_prepared is None
+    assert len(calls) == 2 and layer.weight_cache.step_u is None
     assert "cache_weights" not in repr(layer)
     assert "cache_weights=False" in repr(nn.Conv2d(2, 2, 3, cache_weights=False))
 

@@ -22,6 +22,9 @@ Validity, checked on every ``get`` at the cost of an identity test:
   (it is restored only if it was writeable before). Edit a frozen layer's weight by
   assigning a new array, or call ``clear_weight_cache()`` on the layer first.
 
+A trainable layer's training steps (:mod:`cnnlab.conv.step`) keep their last U in
+``step_u``, only so that the next step can write its U into the same memory.
+
 Memory: ``nbytes``; for Winograd F(m x m) (m + 2)^2 / 9 times the weight (4x for F4,
 1.8x for F2) for both passes, for FFT 4 S_H (S_W/2 + 1) / (KH KW) times per pass (only
 where that fits ``fft.BLOCK_BYTES``). The cache lives on its module: no global state.
@@ -43,6 +46,8 @@ class WeightCache:
         self._w = None              # the array everything here was prepared from
         self._entries = {}          # (algorithm name, prepared_key) -> prepared object
         self._restore = False       # we made self._w read-only: make it writeable again
+        self.step_u = None          # a trainable layer's last training-step U: its memory is
+        #                             reused by the next step (cnnlab.conv.step), never read
 
     def get(self, algorithm, w, g, pass_):
         """``algorithm.prepare(w, g, pass_)``, computed on the first call for its key and
@@ -77,6 +82,7 @@ class WeightCache:
             except ValueError:      # pragma: no cover - its base was made read-only since
                 pass
         self._w, self._entries, self._restore = None, {}, False
+        self.step_u = None
 
     @property
     def array(self):
@@ -85,8 +91,9 @@ class WeightCache:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the prepared weights."""
-        return sum(a.nbytes for entry in self._entries.values() for a in _arrays(entry))
+        """Memory held by the prepared weights (and the training-step U buffer)."""
+        return sum(a.nbytes for entry in (*self._entries.values(), self.step_u)
+                   for a in _arrays(entry))
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -39,8 +39,9 @@ class Conv2d(Module):
     with a forced Winograd algorithm) the forward's U serves the data gradient and its input
     tiles V the weight gradient of the same step (held until the backward: V is 2.25x the
     input for F(4x4)). The layer keeps U's buffer from step to step (the same memory as the
-    frozen cache above; a fresh 37.7 MB array would cost its page faults on every step);
-    ``clear_weight_cache()`` frees it, ``cache_weights=False`` turns all of this off.
+    frozen cache above, ``weight_cache.step_u``; a fresh 37.7 MB array would cost its page
+    faults on every step); ``clear_weight_cache()`` frees it, ``cache_weights=False`` turns
+    all of this off.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -64,7 +65,6 @@ class Conv2d(Module):
             self.bias = None
         self.cache_weights = bool(cache_weights)
         self.weight_cache = WeightCache()
-        self._step_prepared = None      # the last training step's U, reused by the next one
 
     # -- the convolution itself (also used by cnnlab.style's input-gradient pass) ----------
     def geometry(self, x_shape) -> ConvGeometry:
@@ -85,7 +85,6 @@ class Conv2d(Module):
         """Drop the prepared weights (and make the weight array writeable again), and the
         buffer a training step keeps for its transformed weight."""
         self.weight_cache.clear()
-        self._step_prepared = None
 
     def _run(self, pass_, a, g):
         w = self.weight.data
@@ -110,10 +109,10 @@ class Conv2d(Module):
             out, self._cache = F.conv2d_forward(
                 x, w, None, self.stride, self.padding, self.dilation, self.groups, self.algo,
                 for_backward=True, need_dx=self.need_input_grad,
-                reuse=getattr(self, "_step_prepared", None))
-            self._step_prepared = F.shared_prepared(self._cache)
+                reuse=self.weight_cache.step_u)
+            self.weight_cache.step_u = F.shared_prepared(self._cache)
         else:
-            self._step_prepared = None
+            self.weight_cache.step_u = None
             out = self.conv(x, g)
             self._cache = (x, w, self.bias is not None, g, self.algo)
         if self.bias is not None:
