@@ -336,21 +336,31 @@ class Chooser:
                 step_backward(state, dy, x, w, g, need_dx, need_dw)
             return run
 
-        times, runs, best = {}, {}, float("inf")
-        for code, plan in plans.items():
-            runs[code] = runner(plan)
+        return self._time_runs({code: runner(plan) for code, plan in plans.items()})
+
+    def _time_runs(self, runs: dict) -> Choice:
+        """Time ``runs`` (name -> zero-argument call, in the order to try them): each once as
+        a warm-up, dropping any over 3x the best warm-up so far, then ``repeats`` interleaved
+        rounds of the rest, so a burst of load elsewhere hits them all alike; the fastest
+        single run wins."""
+        times, alive = {}, []
+        best = float("inf")
+        for name, run in runs.items():
             t0 = time.perf_counter()
-            runs[code]()
-            times[code] = time.perf_counter() - t0
-            best = min(best, times[code])
-        alive = [c for c in plans if times[c] <= 3 * best]
+            run()
+            warm = time.perf_counter() - t0
+            times[name] = warm
+            if warm <= 3 * best:
+                alive.append(name)
+            best = min(best, warm)
+        alive = [n for n in alive if times[n] <= 3 * best]
         for _ in range(self.repeats):
-            for code in alive:
+            for name in alive:
                 t0 = time.perf_counter()
-                runs[code]()
-                times[code] = min(times[code], time.perf_counter() - t0)
+                runs[name]()
+                times[name] = min(times[name], time.perf_counter() - t0)
         winner = min(alive, key=times.get)
-        return Choice(winner, "measured", {c: round(t * 1e3, 3) for c, t in times.items()})
+        return Choice(winner, "measured", {n: round(t * 1e3, 3) for n, t in times.items()})
 
     def _can_keep(self, a, g, dtype) -> bool:
         """Whether ``a``'s forward can keep its input transform for the weight gradient, within
@@ -417,26 +427,8 @@ class Chooser:
         args = _synthetic_inputs(g, pass_, dtype)
         first = heuristic(g, pass_, names)
         order = [first] + [n for n in names if n != first]
-        times, alive = {}, []
-        best = float("inf")
-        runs = {}
-        for name in order:
-            runs[name] = _runner(ALGORITHMS[name], pass_, args, g, prepared)
-            t0 = time.perf_counter()
-            runs[name]()
-            warm = time.perf_counter() - t0
-            times[name] = warm
-            if warm <= 3 * best:
-                alive.append(name)
-            best = min(best, warm)
-        alive = [n for n in alive if times[n] <= 3 * best]
-        for _ in range(self.repeats):
-            for name in alive:
-                t0 = time.perf_counter()
-                runs[name]()
-                times[name] = min(times[name], time.perf_counter() - t0)
-        winner = min(alive, key=times.get)
-        return Choice(winner, "measured", {n: round(t * 1e3, 3) for n, t in times.items()})
+        return self._time_runs({n: _runner(ALGORITHMS[n], pass_, args, g, prepared)
+                                for n in order})
 
     # -- disk cache ----------------------------------------------------------------------
     def fingerprint(self) -> tuple[str, str]:
