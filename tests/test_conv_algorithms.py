@@ -520,7 +520,7 @@ def test_select_step_forced_filed_and_measured(tmp_path):
     # forced: share and keep whenever the algorithm can, within the workspace limit
     assert plan("winograd4") == ("winograd4", "winograd4", "winograd4", True, True)
     assert plan("winograd2", need_dx=False) == ("winograd2", None, "winograd2", False, True)
-    assert plan("im2col") == ("im2col", "im2col", "im2col", False, False)
+    assert plan("im2col") == ("im2col", "im2col", "im2col", False, True)   # keeps its columns
     ch.workspace_limit = 1000
     assert plan("winograd4")[3:] == (False, False)
     ch.workspace_limit = chooser.DEFAULT_WORKSPACE_LIMIT
@@ -545,24 +545,38 @@ def test_select_step_forced_filed_and_measured(tmp_path):
 
 
 def test_training_step_keeps_v_with_identical_results():
-    """F.conv2d_forward(for_backward=True) with a forced Winograd algorithm: U shared, V kept,
-    every gradient bit for bit that of the passes run apart (groups and odd sizes too)."""
+    """F.conv2d_forward(for_backward=True) with a forced algorithm: Winograd's U shared and V
+    kept, im2col's columns kept, every gradient bit for bit that of the passes run apart
+    (groups and odd sizes too; im2col also strided, on one thread and on several)."""
     rng = np.random.default_rng(5)
     for shape, wshape, pad, groups in [((2, 6, 9, 11), (8, 6, 3, 3), 1, 1),
                                        ((1, 8, 10, 7), (8, 4, 3, 3), 0, 2)]:
         x = rng.standard_normal(shape).astype(np.float32)
         w = rng.standard_normal(wshape).astype(np.float32)
         b = rng.standard_normal(wshape[0]).astype(np.float32)
-        for algo in ("winograd2", "winograd4"):
+        for algo in ("winograd2", "winograd4", "im2col"):
             y, cache = F.conv2d_forward(x, w, b, 1, pad, 1, groups, algo, for_backward=True)
             step = cache[5]
-            assert step.plan.share_u and step.plan.keep_v and step.saved
+            assert step.plan.share_u == (algo != "im2col") and step.plan.keep_v and step.saved
             dy = rng.standard_normal(y.shape).astype(np.float32)
             got = F.conv2d_backward(dy, cache)
             y0, cache0 = F.conv2d_forward(x, w, b, 1, pad, 1, groups, algo)
             want = F.conv2d_backward(dy, cache0)
             assert np.array_equal(y, y0)
             assert all(np.array_equal(a, c) for a, c in zip(got, want))
+    x = rng.standard_normal((3, 5, 13, 12)).astype(np.float32)
+    w = rng.standard_normal((7, 5, 3, 3)).astype(np.float32)
+    for n_threads in (1, 2):
+        old = threads.get_num_threads()
+        threads.set_num_threads(n_threads)
+        try:
+            y, cache = F.conv2d_forward(x, w, None, 2, 1, algo="im2col", for_backward=True)
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            got = F.conv2d_backward(dy, cache)
+            want = F.conv2d_backward(dy, F.conv2d_forward(x, w, None, 2, 1, algo="im2col")[1])
+        finally:
+            threads.set_num_threads(old)
+        assert all(a is c or np.array_equal(a, c) for a, c in zip(got, want))
 
 
 # ----------------------------------------------------------------------------- threads

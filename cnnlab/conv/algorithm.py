@@ -28,9 +28,9 @@ layer): an algorithm whose forward / data gradient starts with a transform of
 
 give the same result as without ``prepared`` (bit for bit) and skip the transform.
 
-Saved input transforms (a training step): an algorithm with ``saves_input`` (Winograd)
-accepts ``forward(x, w, g, save=d)``, which also leaves in the dict ``d`` what it derived
-from x alone (Winograd's input tiles V), and ``backward_weight(dy, x, g, saved=d)``, which
+Saved input transforms (a training step): an algorithm with ``saves_input`` (Winograd,
+im2col) accepts ``forward(x, w, g, save=d)``, which also leaves in the dict ``d`` what it derived
+from x alone (Winograd's input tiles V, im2col's column matrices), and ``backward_weight(dy, x, g, saved=d)``, which
 then skips that transform; ``saved_bytes(g, itemsize)`` is the memory kept. Same results,
 bit for bit.
 The caller owns the object and must drop it when w changes
@@ -46,6 +46,7 @@ class ConvAlgorithm:
 
     name = "?"
     saves_input = False     # True: forward(..., save=dict) / backward_weight(..., saved=dict)
+    saved_name = "input"    # what that keeps, for messages ("V", "columns")
 
     def supports(self, g, pass_: str) -> str | None:  # noqa: ARG002 - default: everything
         return None

@@ -61,6 +61,7 @@ TINY_MACS = 1_000_000
 DEFAULT_WORKSPACE_LIMIT = 1 << 30
 NOT_AUTO = ("direct",)          # correct but never fast: the reference
 CACHE_FORMAT = "cnnlab-conv-algos-1"
+STEP_EXTRA_REPEATS = 2          # whole steps differ by a few percent: 2 more rounds than passes
 STEP_FORWARD_SLACK = 2.0        # select_step times plans whose forward is within 2x of the best
 REUSE_SLACK = 1.15              # a held prepared algorithm within 15% of the fastest is kept
 
@@ -336,13 +337,14 @@ class Chooser:
                 step_backward(state, dy, x, w, g, need_dx, need_dw)
             return run
 
-        return self._time_runs({code: runner(plan) for code, plan in plans.items()})
+        return self._time_runs({code: runner(plan) for code, plan in plans.items()},
+                               self.repeats + STEP_EXTRA_REPEATS)
 
-    def _time_runs(self, runs: dict) -> Choice:
+    def _time_runs(self, runs: dict, repeats: int | None = None) -> Choice:
         """Time ``runs`` (name -> zero-argument call, in the order to try them): each once as
-        a warm-up, dropping any over 3x the best warm-up so far, then ``repeats`` interleaved
-        rounds of the rest, so a burst of load elsewhere hits them all alike; the fastest
-        single run wins."""
+        a warm-up, dropping any over 3x the best warm-up so far, then ``repeats`` (default
+        ``self.repeats``) interleaved rounds of the rest, so a burst of load elsewhere hits
+        them all alike; the fastest single run wins."""
         times, alive = {}, []
         best = float("inf")
         for name, run in runs.items():
@@ -354,7 +356,7 @@ class Chooser:
                 alive.append(name)
             best = min(best, warm)
         alive = [n for n in alive if times[n] <= 3 * best]
-        for _ in range(self.repeats):
+        for _ in range(self.repeats if repeats is None else repeats):
             for name in alive:
                 t0 = time.perf_counter()
                 runs[name]()

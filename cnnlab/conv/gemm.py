@@ -133,23 +133,32 @@ def _from_gemm(y2, g):
 class Im2colGemm(ConvAlgorithm):
     name = "im2col"
 
-    def forward(self, x, w, g, prepared=None):
+    saves_input = True      # forward(..., save=) keeps the column matrices for backward_weight
+    saved_name = "columns"
+
+    def forward(self, x, w, g, prepared=None, save=None):
+        """``save``: a dict that receives the column matrices this forward built (KH*KW times
+        the input, see ``saved_bytes``), for ``backward_weight(..., saved=save)``."""
         xp = get_xp(x, w)
         wmat = w.reshape(g.groups, g.o // g.groups, -1)             # (G, Og, K)
         nthreads, itemsize = _threads(xp), np.dtype(x.dtype).itemsize
         if xp is np and _split_channels(g, itemsize):
-            return self._forward_split_channels(x, wmat[0], g)
+            return self._forward_split_channels(x, wmat[0], g, save)
         parts = blocks(g, itemsize, nthreads)
+        kept = [None] * len(parts)
+        if save is not None:
+            save["input_tiles"] = (self.name, g, ("blocks", tuple(parts)), kept)
         if len(parts) == 1:
             with pool_region():                                     # BLAS: one thread (if a pool)
-                return _from_gemm(xp.matmul(wmat, im2col(x, g)), g)  # (G, K, N*L) columns
+                kept[0] = im2col(x, g)                              # (G, K, N*L) columns
+                return _from_gemm(xp.matmul(wmat, kept[0]), g)
         xpad = pad_input(x, g)
         y = xp.empty(g.y_shape, dtype=xp.result_type(x, w))
 
-        def piece(block):
-            n0, n1, i0, i1 = block
+        def piece(i):
+            n0, n1, i0, i1 = block = parts[i]
             gb, rows = _piece(g, block)
-            cols = im2col(x[n0:n1], gb, rows, xpad[n0:n1])             # (G, K, n*R*WO)
+            cols = kept[i] = im2col(x[n0:n1], gb, rows, xpad[n0:n1])   # (G, K, n*R*WO)
             if n1 - n0 == 1:                                            # straight into y
                 xp.matmul(wmat, cols, out=y[n0].reshape(g.groups, g.o // g.groups, -1)
                           [:, :, i0 * g.wo:i1 * g.wo])
@@ -158,27 +167,46 @@ class Im2colGemm(ConvAlgorithm):
             y[n0:n1, :, i0:i1] = yb.reshape(g.o, n1 - n0, i1 - i0, g.wo).transpose(1, 0, 2, 3)
 
         with pool_region():
-            parallel_map(piece, parts)
+            parallel_map(piece, range(len(parts)))
+        if save is None:
+            kept.clear()
         return y
 
-    @staticmethod
-    def _forward_split_channels(x, wmat, g):
+    def _forward_split_channels(self, x, wmat, g, save=None):
         xp = get_xp(x, wmat)
         kk = g.kh * g.kw
+        chans = _even(g.c, SPLIT_BLOCKS)
+        kept = [None] * len(chans)
+        if save is not None:
+            save["input_tiles"] = (self.name, g, ("channels", tuple(chans)), kept)
 
-        def partial(block):
-            c0, c1 = block
-            return xp.matmul(wmat[:, c0 * kk:c1 * kk], _im2col_channels(xpad, g, c0, c1))
+        def partial(i):
+            c0, c1 = chans[i]
+            cols = _im2col_channels(xpad, g, c0, c1)
+            if save is not None:
+                kept[i] = cols
+            return xp.matmul(wmat[:, c0 * kk:c1 * kk], cols)
 
         with pool_region():
             xpad = pad_input(x, g)
-            y2 = parallel_map(partial, _even(g.c, SPLIT_BLOCKS))
+            y2 = parallel_map(partial, range(len(chans)))
         out = y2[0]
         for part in y2[1:]:
             out += part                                             # (O, N*HO*WO), in order
         if g.n == 1:
             return out.reshape(g.y_shape)
         return xp.ascontiguousarray(out.reshape(g.o, g.n, g.ho, g.wo).transpose(1, 0, 2, 3))
+
+    def saved_bytes(self, g, itemsize) -> int:
+        """Memory ``forward(..., save=)`` keeps: the whole column matrix."""
+        return g.c * g.kh * g.kw * g.n * g.ho * g.wo * itemsize
+
+    def _kept(self, saved, g, layout):
+        """The forward's column blocks for ``layout``, or None (not saved, or cut otherwise)."""
+        entry = (saved or {}).get("input_tiles")
+        if entry is None or entry[0] != self.name or entry[1] != g or entry[2] != layout:
+            return None
+        return entry[3]
 
     def backward_data(self, dy, w, g, prepared=None):
         xp = get_xp(dy, w)
@@ -213,35 +241,41 @@ class Im2colGemm(ConvAlgorithm):
                 parallel_map(channels, _channel_blocks(g, nthreads))
         return col2im_result(dxpad, g)
 
-    def backward_weight(self, dy, x, g):
+    def backward_weight(self, dy, x, g, saved=None):
+        """``saved``: the dict a ``forward(..., save=)`` of this x filled; its column matrices
+        are used where the forward cut them as this pass does (otherwise built here)."""
         xp = get_xp(dy, x)
         nthreads, itemsize = _threads(xp), np.dtype(x.dtype).itemsize
         if nthreads > 1 and _split_channels(g, itemsize):   # disjoint columns of dW
             kk = g.kh * g.kw
+            chans = _even(g.c, nthreads)
+            kept = self._kept(saved, g, ("channels", tuple(chans)))
             dw = xp.empty((g.o, g.c * kk), dtype=xp.result_type(dy, x))
             dy2 = dy.reshape(g.o, -1) if g.n == 1 else \
                 xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g.o, -1)
 
-            def columns(block):
-                c0, c1 = block
-                cols = _im2col_channels(xpad, g, c0, c1)
+            def columns(i):
+                c0, c1 = chans[i]
+                cols = kept[i] if kept is not None else _im2col_channels(xpad, g, c0, c1)
                 xp.matmul(dy2, cols.T, out=dw[:, c0 * kk:c1 * kk])
 
             with pool_region():
-                xpad = pad_input(x, g)
-                parallel_map(columns, _even(g.c, nthreads))
+                xpad = pad_input(x, g) if kept is None else None
+                parallel_map(columns, range(len(chans)))
             return dw.reshape(g.w_shape)
         parts = blocks(g, itemsize, nthreads)
-        xpad = pad_input(x, g) if len(parts) > 1 else None
+        kept = self._kept(saved, g, ("blocks", tuple(parts)))
+        xpad = pad_input(x, g) if len(parts) > 1 and kept is None else None
 
-        def piece(block):
-            n0, n1, i0, i1 = block
+        def piece(i):
+            n0, n1, i0, i1 = block = parts[i]
             gb, rows = _piece(g, block)
-            cols = im2col(x[n0:n1], gb, rows, None if xpad is None else xpad[n0:n1])
+            cols = kept[i] if kept is not None else \
+                im2col(x[n0:n1], gb, rows, None if xpad is None else xpad[n0:n1])
             return xp.matmul(_dy_rows(dy[n0:n1], gb, rows), cols.transpose(0, 2, 1))  # (G, Og, K)
 
         with pool_region():
-            dws = parallel_map(piece, parts)
+            dws = parallel_map(piece, range(len(parts)))
         dw = dws[0]
         for part in dws[1:]:
             dw += part

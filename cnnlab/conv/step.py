@@ -6,14 +6,16 @@ gradient both transform the input into tiles (V = B^T d B). In a step the forwar
 them for the backward:
 
     share_u   the data gradient runs on the forward's U         (saves one weight transform)
-    keep_v    the weight gradient runs on the forward's V       (saves one input transform)
+    keep_v    the weight gradient runs on the forward's V       (saves one input transform;
+              for im2col: on the forward's column matrices, saving their construction)
 
 A :class:`StepPlan` says which algorithm runs each pass and what is kept;
 ``Chooser.select_step`` picks one by timing whole steps. ``step_forward`` /
 ``step_backward`` run it (``cnnlab.functional.conv2d_forward(..., for_backward=True)`` and
 ``conv2d_backward`` are built on them). Memory kept from forward to backward: U is
 (alpha^2, O, C/groups), 4x the weight for F(4x4) and 1.8x for F(2x2); V is
-(alpha^2, C, tiles), 2.25x the input for F(4x4) and 4x for F(2x2).
+(alpha^2, C, tiles), 2.25x the input for F(4x4) and 4x for F(2x2); im2col's columns are
+KH*KW times the input (stride 1).
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ class StepPlan:
         if self.backward_data is not None:
             parts.append(self.backward_data.name + (" (U shared)" if self.share_u else ""))
         if self.backward_weight is not None:
-            parts.append(self.backward_weight.name + (" (V kept)" if self.keep_v else ""))
+            kept = getattr(self.forward, "saved_name", "input")
+            parts.append(self.backward_weight.name + (f" ({kept} kept)" if self.keep_v else ""))
         return " + ".join(parts)
 
     def code(self) -> str:

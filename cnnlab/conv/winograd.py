@@ -591,6 +591,7 @@ class Winograd(ConvAlgorithm):
                                 out=_SCRATCH.get("U", shape, w.dtype, cap=U_CAP))
 
     saves_input = True      # forward(..., save=) / backward_weight(..., saved=): see below
+    saved_name = "V"
 
     def forward(self, x, w, g, prepared=None, save=None):
         """``save``: a dict that receives this forward's input tiles V per group
