@@ -308,12 +308,21 @@ class Chooser:
             if cf.times_ms[name] > STEP_FORWARD_SLACK * cf.times_ms[cf.algo]:
                 continue                    # a forward this slow does not win the step
             a = ALGORITHMS[name]
-            u, v = shares(a, a), keeps(a, a)
-            for share, keep in ((u, v), (u, False), (False, v)):
-                if share or keep:
-                    p = StepPlan(a, (a if share else bwd) if need_dx else None,
-                                 (a if keep else bww) if need_dw else None, share, keep)
-                    plans.setdefault(p.code(), p)
+            if not (shares(a, a) or keeps(a, a)):
+                continue
+            # data gradient: a on the shared U, a on its own, or auto's pick; weight gradient:
+            # a on the kept input, or auto's pick (a data gradient that runs a itself needs a
+            # to support it: always so here, a ran the forward of the same 3x3 geometry)
+            bd_options = [(None, False)] if not need_dx else \
+                [(b, b is a and sh) for b, sh in ((a, True), (a, False), (bwd, False))
+                 if not sh or shares(a, a)]
+            bw_options = [(None, False)] if not need_dw else \
+                [(b, k) for b, k in ((a, True), (bww, False)) if not k or keeps(a, a)]
+            for bd, share in bd_options:
+                for bw, keep in bw_options:
+                    if (share or keep) and (bd is None or bd.supports(g, "backward_data") is None):
+                        p = StepPlan(a, bd, bw, share, keep)
+                        plans.setdefault(p.code(), p)
         if len(plans) == 1:
             return plain
         choice = self._measure_steps(g, dtype, plans, need_dx, need_dw)
