@@ -18,6 +18,7 @@ import cnnlab.conv as conv
 from cnnlab import functional as F
 from cnnlab import nn
 from cnnlab.conv import ALGORITHMS, PASSES, ConvGeometry, chooser, gemm, threads, winograd
+from cnnlab.conv.step import step_backward, step_forward
 from cnnlab.conv.winograd import POINTS, cook_toom, cook_toom_reversed
 from cnnlab.errors import UnsupportedConfigError
 from cnnlab.optim import SGD
@@ -684,3 +685,105 @@ def test_bench_conv_command_runs_and_reports_the_choice(capsys):
     assert "numpy sgemm" in out and "conv5_3" in out and "workspace MB" in out
     assert main(["bench", "conv", "--no-torch", "--layers", "conv9_9"]) == 2
     assert "unknown layer conv9_9" in capsys.readouterr().err
+
+
+def test_step_plans_survive_checkpoints_and_reject_bad_filed_entries(tmp_path):
+    """A resumed run gets the step plans of the original (trainer checkpoints carry them);
+    a corrupt or foreign step entry in the disk cache is ignored, never run."""
+    from cnnlab.train.trainer import _conv_choices, _restore_conv_choices
+    g = ConvGeometry.of((1, 32, 24, 24), (32, 32, 3, 3), 1, 1)
+    key = chooser.cache_key(g, "step|dx|dw", np.float32, chooser.CHOOSER.workspace_limit)
+    code = "winograd4,winograd4,winograd4,U,V"
+    old = dict(chooser.CHOOSER.choices)
+    try:
+        chooser.CHOOSER.choices[key] = chooser.Choice(code, "measured", {code: 1.0})
+        saved = _conv_choices()
+        chooser.CHOOSER.choices.clear()
+        _restore_conv_choices(saved)
+        assert chooser.CHOOSER.select_step(g).code() == code
+    finally:
+        chooser.CHOOSER.choices.clear()
+        chooser.CHOOSER.choices.update(old)
+    path = tmp_path / "algos.json"
+    writer = chooser.Chooser()
+    writer.enable_disk_cache(path)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(g.x_shape).astype(np.float32)
+    w = rng.standard_normal(g.w_shape).astype(np.float32)
+    dy = rng.standard_normal(g.y_shape).astype(np.float32)
+    want = ALGORITHMS["direct"].backward_weight(dy, x, g)
+    for bad in (None, 5, "", "fft,fft,fft,U,V", "direct,direct,direct,,V",
+                "winograd4,winograd2,winograd4,U,", "fft,fft,fft,U,", "im2col,-,im2col,,V",
+                "nosuch,im2col,im2col,,"):
+        writer._save(key, chooser.Choice(bad, "measured", {}))
+        reader = chooser.Chooser(measure=False)
+        reader.enable_disk_cache(path)
+        plan = reader.select_step(g)
+        assert plan.forward.name != "direct" and plan.backward_data is not None
+        _, state = step_forward(plan, x, w, g)
+        _, dw = step_backward(state, dy, x, w, g)
+        assert np.allclose(dw, want, rtol=1e-3, atol=1e-3), bad
+
+
+def test_step_with_an_algorithm_whose_prepare_takes_no_reuse():
+    """Algorithms written to the older ``prepare(w, g, pass_)`` still share U in a step."""
+    base = ALGORITHMS["winograd4"]
+
+    class OldStyle(conv.ConvAlgorithm):
+        name = "oldstyle-test"
+
+        def supports(self, g, pass_):
+            return base.supports(g, pass_)
+
+        def forward(self, x, w, g, prepared=None):
+            return base.forward(x, w, g, prepared=prepared)
+
+        def backward_data(self, dy, w, g, prepared=None):
+            return base.backward_data(dy, w, g, prepared=prepared)
+
+        def backward_weight(self, dy, x, g):
+            return base.backward_weight(dy, x, g)
+
+        def prepared_key(self, g, pass_):
+            return base.prepared_key(g, pass_)
+
+        def prepared_bytes(self, g, pass_, itemsize):
+            return base.prepared_bytes(g, pass_, itemsize)
+
+        def prepare(self, w, g, pass_):
+            return base.prepare(w, g, pass_)
+
+    conv.register(OldStyle())
+    try:
+        layer = nn.Conv2d(4, 6, 3, padding=1, algo="oldstyle-test", rng=np.random.default_rng(0))
+        x = np.random.default_rng(1).standard_normal((2, 4, 7, 7)).astype(np.float32)
+        for _ in range(2):
+            y = layer.forward(x)
+            assert layer._cache[5].plan.share_u and not layer._cache[5].plan.keep_v
+            layer.backward(np.ones_like(y))
+    finally:
+        del ALGORITHMS["oldstyle-test"]
+
+
+def test_im2col_columns_kept_on_small_maps_are_used_at_any_thread_count(monkeypatch):
+    g = ConvGeometry.of((1, 64, 8, 8), (16, 64, 3, 3), 1, 1)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(g.x_shape).astype(np.float32)
+    w = rng.standard_normal(g.w_shape).astype(np.float32)
+    dy = rng.standard_normal(g.y_shape).astype(np.float32)
+    a = ALGORITHMS["im2col"]
+    real = gemm._im2col_channels
+    built = []
+    monkeypatch.setattr(gemm, "_im2col_channels", lambda *args: built.append(1) or real(*args))
+    old = threads.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            threads.set_num_threads(n)
+            saved = {}
+            a.forward(x, w, g, save=saved)
+            built.clear()
+            dw = a.backward_weight(dy, x, g, saved=saved)
+            assert built == [], n                     # the forward's columns, not rebuilt
+            assert np.array_equal(dw, a.backward_weight(dy, x, g))
+    finally:
+        threads.set_num_threads(old)

@@ -17,10 +17,11 @@ Prepared weights (for weights that do not change between calls, e.g. a frozen
 layer): an algorithm whose forward / data gradient starts with a transform of
 ``w`` alone (Winograd's U = G w G^T, FFT's kernel spectra) can compute it once:
 
-    prepare(w, g, pass_, reuse=None) -> an opaque object, or None (nothing worth keeping);
-                                     ``reuse``: an earlier object of the same key whose
-                                     memory may be overwritten (a training step reuses the
-                                     previous step's U instead of allocating it again)
+    prepare(w, g, pass_)          -> an opaque object, or None (nothing worth keeping);
+                                     with ``prepare_reuses = True`` also ``reuse=``: an
+                                     earlier object of the same key whose memory may be
+                                     overwritten (a training step reuses the previous
+                                     step's U instead of allocating it again)
     prepared_key(g, pass_)        -> hashable: prepared objects with equal keys (and the
                                      same w) are interchangeable; None: no preparation
     prepared_bytes(g, pass_, itemsize)  the memory that object holds
@@ -47,6 +48,7 @@ class ConvAlgorithm:
     name = "?"
     saves_input = False     # True: forward(..., save=dict) / backward_weight(..., saved=dict)
     saved_name = "input"    # what that keeps, for messages ("V", "columns")
+    prepare_reuses = False  # True: prepare(..., reuse=) accepted (older algorithms: no reuse)
 
     def supports(self, g, pass_: str) -> str | None:  # noqa: ARG002 - default: everything
         return None

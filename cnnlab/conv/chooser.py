@@ -265,15 +265,18 @@ class Chooser:
 
         Forced algorithms share and keep whenever they can (within the workspace limit).
         Under "auto", the candidate plans are the passes' own picks (sharing only where two
-        are the same algorithm) and, for each algorithm F that can share or keep, F with U
-        shared and V kept, F with U shared only and F with V kept only (the other passes
-        being auto's own picks); each is timed as a whole step on synthetic data (one
-        warm-up, then ``repeats`` interleaved rounds; the fastest run counts) and the
-        fastest is kept under its own key ("step|dx|dw"). Passes timed apart would mislead
+        are the same algorithm) and, for each algorithm F that can share or keep (forward
+        within 2x of the best), F's forward with a data gradient by F on the shared U, by F
+        on its own or auto's own pick, and a weight gradient by F on the kept input or auto's
+        own pick; each is timed as a whole step on synthetic data (one warm-up, then
+        ``repeats`` + STEP_EXTRA_REPEATS interleaved rounds; the fastest run counts) and the
+        fastest is kept under its own key ("step|dx|dw"; a filed plan, from memory, the disk
+        cache or a checkpoint, is used if it is still valid here, ``_plan_ok``). Passes timed apart would mislead
         here: run one after another they find their inputs out of cache, and keeping V costs
         the forward a write and saves the weight gradient a transform, so only the whole
         step says which wins. Without measurements (heuristic choices, too small a layer)
-        the passes' own picks are used."""
+        the passes' own picks are used, sharing U and keeping the input where two passes
+        picked the same algorithm that can (this is also what a forced algorithm does)."""
         fwd = self.select(g, "forward", algo, dtype)
         bwd = self.select(g, "backward_data", algo, dtype) if need_dx else None
         bww = self.select(g, "backward_weight", algo, dtype) if need_dw else None
@@ -287,26 +290,27 @@ class Chooser:
         plain = StepPlan(fwd, bwd, bww, shares(fwd, bwd), keeps(fwd, bww))
         if (algo or "auto") != "auto" or self.default_algo != "auto":
             return plain
-        cf = self.choose(g, "forward", dtype)
-        if not cf.times_ms:
-            return plain
         dtype = np.dtype(dtype or np.float32)
         key = cache_key(g, "step" + ("|dx" if need_dx else "") + ("|dw" if need_dw else ""),
                         dtype, self.workspace_limit)
         hit = self.choices.get(key)
         if hit is None and self.cache_file is not None:
             disk = self._disk_entries().get(key)
-            if disk is not None:
-                hit = Choice(disk.get("algo", ""), "disk", dict(disk.get("times_ms", {})))
-        if hit is not None:
+            if isinstance(disk, dict):
+                hit = Choice(disk.get("algo", ""), "disk", dict(disk.get("times_ms") or {}))
+        if hit is not None:         # filed (measured, disk, checkpoint): used if it is valid
             plan = StepPlan.from_code(hit.algo)
-            if plan is not None and plan.supports(g):
+            if plan is not None and self._plan_ok(plan, g, dtype, need_dx, need_dw):
                 self.choices[key] = hit
                 return plan
+        cf = self.choose(g, "forward", dtype)
+        best_fwd = cf.times_ms.get(cf.algo)
+        if best_fwd is None:
+            return plain
         plans = {plain.code(): plain}
-        for name in cf.times_ms:
-            if cf.times_ms[name] > STEP_FORWARD_SLACK * cf.times_ms[cf.algo]:
-                continue                    # a forward this slow does not win the step
+        for name, t_fwd in cf.times_ms.items():
+            if name not in ALGORITHMS or t_fwd > STEP_FORWARD_SLACK * best_fwd:
+                continue                    # unknown (a stale entry), or too slow to win
             a = ALGORITHMS[name]
             if not (shares(a, a) or keeps(a, a)):
                 continue
@@ -320,7 +324,8 @@ class Chooser:
                 [(b, k) for b, k in ((a, True), (bww, False)) if not k or keeps(a, a)]
             for bd, share in bd_options:
                 for bw, keep in bw_options:
-                    if (share or keep) and (bd is None or bd.supports(g, "backward_data") is None):
+                    if (share or keep) and (bd is None or bd.supports(g, "backward_data") is None) \
+                            and (bw is None or bw.supports(g, "backward_weight") is None):
                         p = StepPlan(a, bd, bw, share, keep)
                         plans.setdefault(p.code(), p)
         if len(plans) == 1:
@@ -372,6 +377,17 @@ class Chooser:
                 times[name] = min(times[name], time.perf_counter() - t0)
         winner = min(alive, key=times.get)
         return Choice(winner, "measured", {n: round(t * 1e3, 3) for n, t in times.items()})
+
+    def _plan_ok(self, p, g, dtype, need_dx, need_dw) -> bool:
+        """Whether a filed plan can run here as it says: every algorithm supports its pass,
+        no reference algorithm, the passes match ``need_dx``/``need_dw``, and what it shares
+        or keeps is shared or kept by the same algorithm that can, within the limit."""
+        f = p.forward
+        return (p.supports(g) and f.name not in NOT_AUTO
+                and (p.backward_data is not None) == bool(need_dx)
+                and (p.backward_weight is not None) == bool(need_dw)
+                and (not p.share_u or (p.backward_data is f and self._can_share(f, g, dtype)))
+                and (not p.keep_v or (p.backward_weight is f and self._can_keep(f, g, dtype))))
 
     def _can_keep(self, a, g, dtype) -> bool:
         """Whether ``a``'s forward can keep its input transform for the weight gradient, within

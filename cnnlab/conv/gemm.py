@@ -243,13 +243,18 @@ class Im2colGemm(ConvAlgorithm):
 
     def backward_weight(self, dy, x, g, saved=None):
         """``saved``: the dict a ``forward(..., save=)`` of this x filled; its column matrices
-        are used where the forward cut them as this pass does (otherwise built here)."""
+        are used (channel blocks: as the forward cut them, at any thread count; blocks of
+        images or rows: where the forward cut them as this pass does; otherwise built here)."""
         xp = get_xp(dy, x)
         nthreads, itemsize = _threads(xp), np.dtype(x.dtype).itemsize
-        if nthreads > 1 and _split_channels(g, itemsize):   # disjoint columns of dW
-            kk = g.kh * g.kw
-            chans = _even(g.c, nthreads)
-            kept = self._kept(saved, g, ("channels", tuple(chans)))
+        entry = (saved or {}).get("input_tiles")
+        kept_chans = (entry is not None and entry[0] == self.name and entry[1] == g
+                      and entry[2][0] == "channels")
+        if kept_chans or (nthreads > 1 and _split_channels(g, itemsize)):
+            kk = g.kh * g.kw                     # disjoint columns of dW per channel block
+            # the forward's channel blocks when it kept them (any cut gives the same dW)
+            chans = list(entry[2][1]) if kept_chans else _even(g.c, nthreads)
+            kept = entry[3] if kept_chans else None
             dw = xp.empty((g.o, g.c * kk), dtype=xp.result_type(dy, x))
             dy2 = dy.reshape(g.o, -1) if g.n == 1 else \
                 xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g.o, -1)

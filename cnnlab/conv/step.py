@@ -53,7 +53,9 @@ class StepPlan:
 
     @classmethod
     def from_code(cls, code: str):
-        """The plan of ``code()``, or None if it names an unknown algorithm."""
+        """The plan of ``code()``, or None if it is not one (or names an unknown algorithm)."""
+        if not isinstance(code, str):
+            return None
         try:
             f, b, w, u, v = code.split(",")
             get = (lambda n: None if n == "-" else ALGORITHMS[n])
@@ -82,7 +84,10 @@ def step_forward(plan: StepPlan, x, w, g, reuse=None):
     memory this one may overwrite."""
     state = StepState(plan)
     if plan.share_u:
-        state.u = plan.forward.prepare(w, g, "forward", reuse=reuse)
+        if getattr(plan.forward, "prepare_reuses", False):
+            state.u = plan.forward.prepare(w, g, "forward", reuse=reuse)
+        else:                       # an algorithm written to prepare(w, g, pass_)
+            state.u = plan.forward.prepare(w, g, "forward")
     if plan.keep_v:
         state.saved = {}
         y = plan.forward.forward(x, w, g, prepared=state.u, save=state.saved)

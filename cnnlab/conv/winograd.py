@@ -276,9 +276,11 @@ class _Plan:
 class _Scratch(threading.local):
     """Per-thread reusable chunk buffers (a chunk's arrays are allocated once per thread).
 
-    Buffers over ``cap`` bytes (default SCRATCH_CAP) are not kept. Nothing returned to a
-    caller lives in them: outputs are always fresh arrays. ``clear_scratch()`` drops the
-    calling thread's buffers.
+    Buffers over ``cap`` bytes (default SCRATCH_CAP) are not kept. The algorithm's outputs
+    (y, dx, dw) are always fresh arrays; two internal results do live here, each valid only
+    until the calling thread's next pass: ``Winograd._u``'s U and the phased
+    ``winograd_weight_grad``'s dU (the "U" buffer). ``clear_scratch()`` drops the calling
+    thread's buffers.
     """
 
     def __init__(self):
@@ -502,7 +504,8 @@ def _phase_input(x, plan, bt, out=None):
 
 def winograd_weight_grad(dy, x, plan, v=None):
     """dU (alpha^2, O, C) = sum over tiles of (A dy_tile A^T) V^T, V the forward input tiles
-    (``v``: V as the forward kept it, (alpha^2, C, all tiles); else transformed here)."""
+    (``v``: V as the forward kept it, (alpha^2, C, all tiles); else transformed here).
+    Phased schedule: dU is the calling thread's reused "U" buffer, valid until its next pass."""
     _, a_mat, bt, _ = matrices(plan.m, x.dtype.str)
     a2 = plan.alpha ** 2
     if plan.fused:
@@ -592,6 +595,7 @@ class Winograd(ConvAlgorithm):
 
     saves_input = True      # forward(..., save=) / backward_weight(..., saved=): see below
     saved_name = "V"
+    prepare_reuses = True
 
     def forward(self, x, w, g, prepared=None, save=None):
         """``save``: a dict that receives this forward's input tiles V per group

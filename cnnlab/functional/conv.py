@@ -15,9 +15,10 @@ three passes' algorithms are chosen together, timed as whole steps
 (``cnnlab.conv.select_step``, :mod:`cnnlab.conv.step`), and, where that is faster, the
 forward keeps what the backward would otherwise compute again: the
 transformed weight (Winograd's U = G w G^T, (alpha^2, O, C/groups): 4x the weight for
-F(4x4), 1.8x for F(2x2)) for the data gradient, and the transformed input tiles (Winograd's
-V, (alpha^2, C, tiles): 2.25x the input for F(4x4), 4x for F(2x2)) for the weight gradient.
-Both live in the cache until the backward.
+F(4x4), 1.8x for F(2x2)) for the data gradient, and the transformed input (Winograd's tiles
+V, (alpha^2, C, tiles): 2.25x the input for F(4x4), 4x for F(2x2); im2col's column
+matrices, KH*KW times the input) for the weight gradient. Both live in the cache until the
+backward.
 """
 from __future__ import annotations
 

@@ -35,10 +35,12 @@ class Conv2d(Module):
     Winograd F(4x4), 1.8x for F(2x2)); ``cache_weights=False`` turns it off.
 
     Trainable weight, in training mode: the three passes are chosen together
-    (``F.conv2d_forward(..., for_backward=True)``), and where auto measured it faster (or
-    with a forced Winograd algorithm) the forward's U serves the data gradient and its input
-    tiles V the weight gradient of the same step (held until the backward: V is 2.25x the
-    input for F(4x4)). The layer keeps U's buffer from step to step (the same memory as the
+    (``F.conv2d_forward(..., for_backward=True)``, ``cnnlab.conv.select_step``): where auto's
+    timing of whole steps says so (without measurements: where two passes picked the same
+    algorithm; a forced algorithm: always) the forward's U serves the data gradient and its
+    input tiles V (Winograd: 2.25x the input for F(4x4)) or column matrices (im2col: KH*KW
+    times the input) the weight gradient of the same step, held until the backward. The
+    layer keeps U's buffer from step to step (the same memory as the
     frozen cache above, ``weight_cache.step_u``; a fresh 37.7 MB array would cost its page
     faults on every step); ``clear_weight_cache()`` frees it, ``cache_weights=False`` turns
     all of this off.

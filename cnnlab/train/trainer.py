@@ -345,8 +345,11 @@ def _restore_conv_choices(saved: dict) -> None:
     if chooser is None:
         return
     from ..conv import ALGORITHMS
+    from ..conv.step import StepPlan
     for key, algo in saved.items():
-        if algo in ALGORITHMS:
+        known = (StepPlan.from_code(algo) is not None if key.startswith("step|")
+                 else algo in ALGORITHMS)
+        if known:                   # a training step's plan, or one pass's algorithm
             chooser.choices[key] = conv_chooser.Choice(algo, "checkpoint")
 
 
