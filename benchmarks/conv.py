@@ -207,7 +207,7 @@ def bench_layer(setting, layer, algos, repeat, torch, force=False, warm=0.0):
     step = _Step(g, x, w, dy, setting.passes)
     step_t = best_time(step, repeat, warm_seconds=warm)
     return rows, {"layer": name, "g": g, "auto": total_auto, "step": step_t,
-                  "pair": step.pair(), "torch": total_torch}
+                  "plan": step.plan(), "torch": total_torch}
 
 
 class _Step:
@@ -227,7 +227,7 @@ class _Step:
         self.reuse = F.shared_prepared(cache)
         F.conv2d_backward(self.dy, cache, need_dx=True, need_dw=self.need_dw)
 
-    def pair(self) -> str:
+    def plan(self) -> str:
         return select_step(self.g, "auto", np.float32, need_dw=self.need_dw).describe()
 
 
@@ -268,7 +268,7 @@ def report(setting, rows, totals, algos, sgemm, markdown, out=print):
     passes = "+".join(SHORT[p] for p in setting.passes)
     header = ["layer", f"auto {passes} ms (sum of rows)", "step ms", "step: algorithms",
               "torch autograd ms", "torch/cnnlab (step)"]
-    lines = [[t["layer"], f"{t['auto'] * 1e3:.2f}", f"{t['step'] * 1e3:.2f}", t["pair"],
+    lines = [[t["layer"], f"{t['auto'] * 1e3:.2f}", f"{t['step'] * 1e3:.2f}", t["plan"],
               "-" if t["torch"] is None else f"{t['torch'] * 1e3:.2f}",
               "-" if t["torch"] is None else f"{t['torch'] / t['step']:.2f}"] for t in totals]
     out(_fmt_table(header, lines, markdown))

@@ -28,14 +28,14 @@ layer): an algorithm whose forward / data gradient starts with a transform of
     forward(x, w, g, prepared=P) / backward_data(dy, w, g, prepared=P)
 
 give the same result as without ``prepared`` (bit for bit) and skip the transform.
-
-Saved input transforms (a training step): an algorithm with ``saves_input`` (Winograd,
-im2col) accepts ``forward(x, w, g, save=d)``, which also leaves in the dict ``d`` what it derived
-from x alone (Winograd's input tiles V, im2col's column matrices), and ``backward_weight(dy, x, g, saved=d)``, which
-then skips that transform; ``saved_bytes(g, itemsize)`` is the memory kept. Same results,
-bit for bit.
 The caller owns the object and must drop it when w changes
 (:class:`cnnlab.conv.prepared.WeightCache` does that for a layer).
+
+Saved input transforms (a training step, :mod:`cnnlab.conv.step`): an algorithm with
+``saves_input`` (Winograd, im2col) accepts ``forward(x, w, g, save=d)``, which also leaves
+in the dict ``d`` what it derived from x alone (Winograd's input tiles V, im2col's column
+matrices), and ``backward_weight(dy, x, g, saved=d)``, which then skips that transform;
+``saved_bytes(g, itemsize)`` is the memory kept. Same results, bit for bit.
 """
 from __future__ import annotations
 

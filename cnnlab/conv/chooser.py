@@ -174,12 +174,14 @@ def default_cache_path() -> Path:
     return base / "conv_algos.json"
 
 
-def _synthetic_inputs(g, pass_, dtype):
-    """The two arrays ``pass_`` reads, (x, w), (dy, w) or (dy, x): random, only those two."""
+PASS_INPUTS = {"forward": ("x", "w"), "backward_data": ("dy", "w"),
+               "backward_weight": ("dy", "x")}
+
+
+def _synthetic_inputs(g, names, dtype):
+    """Random arrays of ``g``'s shapes for ``names`` (of "x", "w", "dy"), only those."""
     rng = np.random.default_rng(0)
     shapes = {"x": g.x_shape, "w": g.w_shape, "dy": g.y_shape}
-    names = {"forward": ("x", "w"), "backward_data": ("dy", "w"),
-             "backward_weight": ("dy", "x")}[pass_]
     return tuple(rng.standard_normal(shapes[n], dtype=np.float32).astype(dtype, copy=False)
                  for n in names)
 
@@ -338,9 +340,7 @@ class Chooser:
 
     def _measure_steps(self, g, dtype, plans, need_dx, need_dw) -> Choice:
         """Time whole steps of each plan (as ``_measure`` times passes)."""
-        rng = np.random.default_rng(0)
-        x, w, dy = (rng.standard_normal(shape, dtype=np.float32).astype(dtype, copy=False)
-                    for shape in (g.x_shape, g.w_shape, g.y_shape))
+        x, w, dy = _synthetic_inputs(g, ("x", "w", "dy"), dtype)
 
         def runner(plan):
             reuse = {}
@@ -451,7 +451,7 @@ class Chooser:
         then time the survivors in interleaved rounds, so a burst of load elsewhere on the
         machine hits them all alike; the fastest single run wins. With ``prepared`` each
         candidate's weights are prepared before its first run (untimed)."""
-        args = _synthetic_inputs(g, pass_, dtype)
+        args = _synthetic_inputs(g, PASS_INPUTS[pass_], dtype)
         first = heuristic(g, pass_, names)
         order = [first] + [n for n in names if n != first]
         return self._time_runs({n: _runner(ALGORITHMS[n], pass_, args, g, prepared)

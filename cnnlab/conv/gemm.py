@@ -35,7 +35,7 @@ import numpy as np
 from ..backend import get_xp
 from .algorithm import ConvAlgorithm, register
 from .im2col import col2im_add, col2im_result, col2im_zeros, im2col, pad_input, tap_slices
-from .threads import parallel_map, pool_region, pool_threads
+from .threads import even_blocks, parallel_map, pool_region, pool_threads
 
 COLS_BYTES = 64 << 20
 SMALL_MAP = 4096  # output positions (N*HO*WO) up to which the pool splits input channels
@@ -57,16 +57,10 @@ def _split_channels(g, itemsize: int) -> bool:
             and g.c >= 16 * SPLIT_BLOCKS and cols <= COLS_BYTES)
 
 
-def _im2col_channels(xpad, g, c0: int, c1: int):
-    """The (C1-C0)*KH*KW rows of im2col's column matrix (groups == 1) for channels c0..c1-1."""
-    xp = get_xp(xpad)
-    cols = xp.empty((c1 - c0, g.kh, g.kw, g.n, g.ho, g.wo), dtype=xpad.dtype)
-    xt = xpad[:, c0:c1].transpose(1, 0, 2, 3)
-    for p in range(g.kh):
-        for q in range(g.kw):
-            rs, cs = tap_slices(g, p, q)
-            cols[:, p, q] = xt[:, :, rs, cs]
-    return cols.reshape((c1 - c0) * g.kh * g.kw, g.n * g.ho * g.wo)
+def _channel_columns(x, xpad, g, c0: int, c1: int):
+    """im2col's column rows (C1-C0)*KH*KW for input channels c0..c1-1 (groups == 1):
+    (rows, N*HO*WO); ``xpad``: ``pad_input(x, g)``."""
+    return im2col(x[:, c0:c1], replace(g, c=c1 - c0, groups=1), xpad=xpad[:, c0:c1])[0]
 
 
 def blocks(g, itemsize: int, parts: int = 1) -> list[tuple[int, int, int, int]]:
@@ -87,17 +81,11 @@ def blocks(g, itemsize: int, parts: int = 1) -> list[tuple[int, int, int, int]]:
         return [(n, n + 1, i, min(g.ho, i + step)) for n in range(g.n) for i in range(0, g.ho, step)]
     if g.n >= parts and per_image <= budget:        # whole images, parts or more pieces
         k = max(1, min(budget // per_image, -(-g.n // parts)))
-        return [(n0, n1, 0, g.ho) for n0, n1 in _even(g.n, -(-g.n // k))]
+        return [(n0, n1, 0, g.ho) for n0, n1 in even_blocks(g.n, -(-g.n // k))]
     step = max(1, budget // per_row)                # rows: parts pieces per image or more
     k = max(-(-g.ho // step), -(-parts // g.n))
-    return [(n, n + 1, i0, i1) for n in range(g.n) for i0, i1 in _even(g.ho, k)]
+    return [(n, n + 1, i0, i1) for n in range(g.n) for i0, i1 in even_blocks(g.ho, k)]
 
-
-def _even(size: int, parts: int) -> list[tuple[int, int]]:
-    """range(size) cut into ``parts`` contiguous pieces whose lengths differ by at most one."""
-    parts = max(1, min(parts, size))
-    edges = [size * i // parts for i in range(parts + 1)]
-    return list(zip(edges[:-1], edges[1:]))
 
 
 def _threads(xp) -> int:
@@ -114,7 +102,7 @@ def _piece(g, block):
 def _channel_blocks(g, parts: int) -> list[tuple[int, int]]:
     """Input channels [c0, c1) cut into ``parts`` blocks, further cut at group boundaries."""
     cg = g.c // g.groups
-    cuts = sorted({c for c0, c1 in _even(g.c, parts) for c in (c0, c1)}
+    cuts = sorted({c for c0, c1 in even_blocks(g.c, parts) for c in (c0, c1)}
                   | set(range(0, g.c + 1, cg)))
     return list(zip(cuts[:-1], cuts[1:]))
 
@@ -175,14 +163,14 @@ class Im2colGemm(ConvAlgorithm):
     def _forward_split_channels(self, x, wmat, g, save=None):
         xp = get_xp(x, wmat)
         kk = g.kh * g.kw
-        chans = _even(g.c, SPLIT_BLOCKS)
+        chans = even_blocks(g.c, SPLIT_BLOCKS)
         kept = [None] * len(chans)
         if save is not None:
             save["input_tiles"] = (self.name, g, ("channels", tuple(chans)), kept)
 
         def partial(i):
             c0, c1 = chans[i]
-            cols = _im2col_channels(xpad, g, c0, c1)
+            cols = _channel_columns(x, xpad, g, c0, c1)
             if save is not None:
                 kept[i] = cols
             return xp.matmul(wmat[:, c0 * kk:c1 * kk], cols)
@@ -201,12 +189,12 @@ class Im2colGemm(ConvAlgorithm):
         """Memory ``forward(..., save=)`` keeps: the whole column matrix."""
         return g.c * g.kh * g.kw * g.n * g.ho * g.wo * itemsize
 
-    def _kept(self, saved, g, layout):
-        """The forward's column blocks for ``layout``, or None (not saved, or cut otherwise)."""
+    def _saved_columns(self, saved, g):
+        """(layout, column blocks) a ``forward(..., save=)`` of this geometry kept, or None."""
         entry = (saved or {}).get("input_tiles")
-        if entry is None or entry[0] != self.name or entry[1] != g or entry[2] != layout:
+        if entry is None or entry[0] != self.name or entry[1] != g:
             return None
-        return entry[3]
+        return entry[2], entry[3]
 
     def backward_data(self, dy, w, g, prepared=None):
         xp = get_xp(dy, w)
@@ -247,21 +235,21 @@ class Im2colGemm(ConvAlgorithm):
         images or rows: where the forward cut them as this pass does; otherwise built here)."""
         xp = get_xp(dy, x)
         nthreads, itemsize = _threads(xp), np.dtype(x.dtype).itemsize
-        entry = (saved or {}).get("input_tiles")
-        kept_chans = (entry is not None and entry[0] == self.name and entry[1] == g
-                      and entry[2][0] == "channels")
-        if kept_chans or (nthreads > 1 and _split_channels(g, itemsize)):
+        layout, kept = self._saved_columns(saved, g) or (None, None)
+        if layout is not None and layout[0] == "channels" \
+                or nthreads > 1 and _split_channels(g, itemsize):
             kk = g.kh * g.kw                     # disjoint columns of dW per channel block
             # the forward's channel blocks when it kept them (any cut gives the same dW)
-            chans = list(entry[2][1]) if kept_chans else _even(g.c, nthreads)
-            kept = entry[3] if kept_chans else None
+            if layout is None or layout[0] != "channels":
+                layout, kept = ("channels", tuple(even_blocks(g.c, nthreads))), None
+            chans = layout[1]
             dw = xp.empty((g.o, g.c * kk), dtype=xp.result_type(dy, x))
             dy2 = dy.reshape(g.o, -1) if g.n == 1 else \
                 xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g.o, -1)
 
             def columns(i):
                 c0, c1 = chans[i]
-                cols = kept[i] if kept is not None else _im2col_channels(xpad, g, c0, c1)
+                cols = kept[i] if kept is not None else _channel_columns(x, xpad, g, c0, c1)
                 xp.matmul(dy2, cols.T, out=dw[:, c0 * kk:c1 * kk])
 
             with pool_region():
@@ -269,7 +257,8 @@ class Im2colGemm(ConvAlgorithm):
                 parallel_map(columns, range(len(chans)))
             return dw.reshape(g.w_shape)
         parts = blocks(g, itemsize, nthreads)
-        kept = self._kept(saved, g, ("blocks", tuple(parts)))
+        if layout != ("blocks", tuple(parts)):   # cut otherwise by the forward: build here
+            kept = None
         xpad = pad_input(x, g) if len(parts) > 1 and kept is None else None
 
         def piece(i):

@@ -131,6 +131,14 @@ def pool_region():
             yield
 
 
+def even_blocks(size: int, parts: int) -> list[tuple[int, int]]:
+    """range(size) cut into ``parts`` contiguous pieces whose lengths differ by at most one
+    (fewer if size < parts; at least one)."""
+    parts = max(1, min(parts, size))
+    edges = [size * i // parts for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 def parallel_map(fn, items) -> list:
     """``[fn(item) for item in items]``, spread over the worker pool with single-threaded BLAS.
 

@@ -56,7 +56,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .algorithm import ConvAlgorithm, register
-from .threads import get_num_threads, parallel_map, pool_region
+from .threads import even_blocks, get_num_threads, parallel_map, pool_region
 
 R = 3  # kernel size handled here
 
@@ -188,12 +188,6 @@ def matrices(m: int, dtype: str, reversed_: bool = False
 
 # --------------------------------------------------------------------------- planning
 
-def _even(size: int, parts: int) -> list[tuple[int, int]]:
-    """range(size) cut into ``parts`` contiguous pieces whose lengths differ by at most one."""
-    parts = max(1, min(parts, size))
-    edges = [size * i // parts for i in range(parts + 1)]
-    return list(zip(edges[:-1], edges[1:]))
-
 
 class _Plan:
     """Tiling of one Winograd convolution and how the work is cut up.
@@ -234,11 +228,11 @@ class _Plan:
             if n == 1:              # equal shares for the threads
                 k = min(self.th, -(-k // self.nthreads) * self.nthreads)
             self.chunks = [(i, 1, r0, r1 - r0) for i in range(n)
-                           for r0, r1 in _even(self.th, k)]
+                           for r0, r1 in even_blocks(self.th, k)]
         else:                       # chunks of whole images
             k = max(1, round(n * per_image / target))
             k = min(n, -(-k // self.nthreads) * self.nthreads)
-            self.chunks = [(i0, i1 - i0, 0, self.th) for i0, i1 in _even(n, k)]
+            self.chunks = [(i0, i1 - i0, 0, self.th) for i0, i1 in even_blocks(n, k)]
         self.offsets = []
         off = 0
         for ch in self.chunks:
@@ -253,7 +247,7 @@ class _Plan:
 
     def blocks(self, size: int, parts: int | None = None) -> list[tuple[int, int]]:
         """range(size) in ``parts`` contiguous blocks (default: one per thread)."""
-        return _even(size, parts or self.nthreads)
+        return even_blocks(size, parts or self.nthreads)
 
     def jobs(self, size: int) -> list:
         """(chunk index, channel block): whole chunks when there are enough, else split channels."""
@@ -561,7 +555,7 @@ def weight_from_transformed(du, m, o, c, out=None):
     def block(rows):                    # memory-bound (reads alpha^2 O C floats): all threads
         np.matmul(du2[:, rows[0]:rows[1]].T, kg, out=out2[rows[0]:rows[1]])
 
-    parallel_map(block, _even(o * c, get_num_threads() if o * c >= 1 << 16 else 1))
+    parallel_map(block, even_blocks(o * c, get_num_threads() if o * c >= 1 << 16 else 1))
     return out
 
 
@@ -619,8 +613,8 @@ class Winograd(ConvAlgorithm):
 
     def saved_bytes(self, g, itemsize) -> int:
         """Memory ``forward(..., save=)`` keeps: V for every group."""
-        plan = _Plan(self.m, g.n, g.c // g.groups, g.h, g.w, g.o // g.groups, g.ho, g.wo, 0, 0)
-        return (self.m + R - 1) ** 2 * g.c * plan.total_tiles * itemsize
+        tiles = g.n * -(-g.ho // self.m) * -(-g.wo // self.m)
+        return (self.m + R - 1) ** 2 * g.c * tiles * itemsize
 
     def backward_data(self, dy, w, g, prepared=None):
         dx = np.empty(g.x_shape, dtype=np.result_type(dy, w))

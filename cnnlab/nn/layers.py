@@ -103,23 +103,23 @@ class Conv2d(Module):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ShapeError(f"Conv2d expects input with {self.in_channels} channels (N, "
                              f"{self.in_channels}, H, W), got {tuple(x.shape)}")
-        g = self.geometry(x.shape)
         w = self.weight.data
+        b = self.bias.data if self.bias is not None else None
         if self.training and self.cache_weights and not self.weight.frozen:
             if len(self.weight_cache):                  # a training step: see above
                 self.weight_cache.clear()               # trainable again: its transforms go stale
             out, self._cache = F.conv2d_forward(
-                x, w, None, self.stride, self.padding, self.dilation, self.groups, self.algo,
+                x, w, b, self.stride, self.padding, self.dilation, self.groups, self.algo,
                 for_backward=True, need_dx=self.need_input_grad,
                 reuse=self.weight_cache.step_u)
             self.weight_cache.step_u = F.shared_prepared(self._cache)
-        else:
-            self.weight_cache.step_u = None
-            out = self.conv(x, g)
-            self._cache = (x, w, self.bias is not None, g, self.algo)
-        if self.bias is not None:
-            out += self.bias.data.reshape(1, -1, 1, 1)
-            self._cache = self._cache[:2] + (True,) + self._cache[3:]
+            return out
+        self.weight_cache.step_u = None
+        g = self.geometry(x.shape)
+        out = self.conv(x, g)
+        if b is not None:
+            out += b.reshape(1, -1, 1, 1)
+        self._cache = (x, w, b is not None, g, self.algo)
         return out
 
     def backward(self, dout):
