@@ -1,0 +1,257 @@
+"""Where the time of a convolution goes: the measurements behind docs/convolution.md's
+"Training steps", "Workspace" and "Why the 1.2x-sgemm target is out of reach".
+
+    python benchmarks/conv_anatomy.py [PART ...]      (default: all parts)
+
+Parts (2 threads by default, ``--threads``; times are the best of ``--repeat`` runs after
+0.2 s of untimed calls, with glibc's allocator thresholds fixed as in benchmarks/conv.py):
+
+    alloc       filling a fresh 37.7 MB array (Winograd F4's U of a 512x512 layer) against
+                a reused one: the page faults glibc's mmap threshold costs
+    malloc      PyTorch's conv1_1 (224 px, forward + both gradients) in a fresh process and
+                after a 20 MB array was freed (each in its own process, default allocator)
+    transforms  the pieces of Winograd and im2col on VGG's deep layers: U, V, the GEMMs,
+                dU -> dW (all threads and one), im2col's GEMM cut two ways, its channel columns
+    sequence    each pass timed apart, in a step (forward, data gradient, weight gradient in
+                turn) and after touching 64 MB, for Winograd F4 and im2col
+    plans       whole training steps of several plans (cnnlab.conv.step): each repeated on
+                its own, and round-robin as the chooser times them; what a fresh chooser
+                picks and how long that takes; and the passes that the sum-of-passes rule
+                would have added up
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")   # as the cnnlab command sets (cnnlab/cli.py)
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import best_time, load_line  # noqa: E402
+
+from cnnlab.conv import ALGORITHMS, ConvGeometry, set_num_threads  # noqa: E402
+from cnnlab.conv import winograd as W  # noqa: E402
+from cnnlab.conv.chooser import Chooser  # noqa: E402
+from cnnlab.conv.gemm import _channel_columns  # noqa: E402
+from cnnlab.conv.im2col import pad_input  # noqa: E402
+from cnnlab.conv.step import StepPlan, step_backward, step_forward  # noqa: E402
+from cnnlab.conv.threads import even_blocks, parallel_map, pool_region  # noqa: E402
+
+WARM = 0.2
+PARTS = ("alloc", "malloc", "transforms", "sequence", "plans")
+
+
+def ms(fn, repeat):
+    return best_time(fn, repeat, warm_seconds=WARM) * 1e3
+
+
+def layer(c, o, h, n=1):
+    g = ConvGeometry.of((n, c, h, h), (o, c, 3, 3), 1, 1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(g.x_shape, dtype=np.float32)
+    w = rng.standard_normal(g.w_shape, dtype=np.float32) * np.float32((2 / (9 * c)) ** 0.5)
+    dy = rng.standard_normal(g.y_shape, dtype=np.float32)
+    return g, x, w, dy
+
+
+def part_alloc(repeat):
+    n = 36 * 512 * 512
+    buf = np.empty(n, np.float32)
+    fresh = ms(lambda: np.empty(n, np.float32).fill(1), repeat)
+    reused = ms(lambda: buf.fill(1), repeat)
+    print(f"fill {n * 4 / 1e6:.1f} MB: fresh array {fresh:.2f} ms, reused array {reused:.2f} ms")
+
+
+MALLOC_CHILD = """
+import sys, time, numpy as np, torch
+if sys.argv[1] == "freed":
+    a = np.ones(20 << 20, np.uint8); del a
+torch.set_num_threads(int(sys.argv[2]))
+F = torch.nn.functional
+x = torch.randn(1, 3, 224, 224, requires_grad=True)
+w = torch.randn(64, 3, 3, 3, requires_grad=True)
+dy = torch.randn(1, 64, 224, 224)
+best, end = 1e9, time.perf_counter() + 2
+while time.perf_counter() < end:
+    t = time.perf_counter()
+    torch.autograd.grad(F.conv2d(x, w, padding=1), [x, w], dy)
+    best = min(best, time.perf_counter() - t)
+print(f"{best * 1e3:.2f}")
+"""
+
+
+def part_malloc(threads):
+    for state in ("fresh", "freed"):
+        out = subprocess.run([sys.executable, "-c", MALLOC_CHILD, state, str(threads)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"PyTorch conv1_1: {out.stderr.strip().splitlines()[-1]}")
+            return
+        what = "fresh process" if state == "fresh" else "after freeing a 20 MB array"
+        print(f"PyTorch conv1_1 at 224 px, forward + both gradients, {what}: "
+              f"{out.stdout.strip()} ms (best over 2 s)")
+
+
+def part_transforms(repeat, threads):
+    for c, h, m in ((512, 28, 4), (512, 14, 4), (512, 14, 2), (256, 56, 4)):
+        g, x, w, _ = layer(c, c, h)
+        plan = W._Plan(m, 1, c, h, h, c, h, h, 1, 1)
+        _, _, bt, _ = W.matrices(m, "<f4")
+        a2 = (m + 2) ** 2
+        u = np.empty((a2, c, c), np.float32)
+        with pool_region():
+            t_u = ms(lambda: W.transform_weight(w, m, out=u), repeat)
+            t_v = ms(lambda: W._phase_input(x, plan, bt), repeat)
+            v = W._phase_input(x, plan, bt)
+            mm = np.empty((a2, c, plan.total_tiles), np.float32)
+            t_g = ms(lambda: parallel_map(
+                lambda b: np.matmul(u[b[0]:b[1]], v[b[0]:b[1]], out=mm[b[0]:b[1]]),
+                plan.blocks(a2)), repeat)
+        flops = 2 * a2 * c * c * plan.total_tiles
+        print(f"F({m}x{m}) {c}->{c} at {h}x{h}: U {t_u:.2f} ms, V {t_v:.2f} ms, "
+              f"{a2} GEMMs {c}x{c}x{plan.total_tiles} {t_g:.2f} ms "
+              f"({flops / t_g / 1e6:.0f} GFLOP/s)")
+    g, x, w, _ = layer(512, 512, 14)
+    prepared = ALGORITHMS["winograd2"].prepare(w, g, "forward")
+    t_w2 = ms(lambda: ALGORITHMS["winograd2"].forward(x, w, g, prepared=prepared), repeat)
+    t_im = ms(lambda: ALGORITHMS["im2col"].forward(x, w, g), repeat)
+    print(f"512->512 at 14x14 forward: F(2x2) with U prepared {t_w2:.2f} ms, im2col {t_im:.2f} ms")
+    du = np.random.default_rng(1).standard_normal((36, 512, 512), dtype=np.float32)
+    dw = np.empty((512, 512, 3, 3), np.float32)
+    for k in (threads, 1):
+        set_num_threads(k)
+        with pool_region():
+            t = ms(lambda: W.weight_from_transformed(du, 4, 512, 512, out=dw), repeat)
+        print(f"F(4x4) 512x512 dU -> dW on {k} thread{'s' if k > 1 else ''}: {t:.2f} ms")
+    set_num_threads(threads)
+    # im2col at 14x14: its GEMM alone, cut by input channels (as it runs) or by outputs
+    wm = w.reshape(512, -1)
+    cols = np.random.default_rng(2).standard_normal((512 * 9, 196), dtype=np.float32)
+    outs = [np.empty((512, 196), np.float32) for _ in range(threads)]
+    y2 = np.empty((512, 196), np.float32)
+    kc, oc = even_blocks(512 * 9, threads), even_blocks(512, threads)
+    xpad = pad_input(x, g)
+    cc = even_blocks(512, threads)
+    with pool_region():
+        t_k = ms(lambda: parallel_map(lambda i: np.matmul(
+            wm[:, kc[i][0]:kc[i][1]], cols[kc[i][0]:kc[i][1]], out=outs[i]), range(threads)), repeat)
+        t_o = ms(lambda: parallel_map(lambda i: np.matmul(
+            wm[oc[i][0]:oc[i][1]], cols, out=y2[oc[i][0]:oc[i][1]]), range(threads)), repeat)
+        t_c = ms(lambda: _channel_columns(x, xpad, g, *cc[0]), repeat)
+    flops = 2 * 512 * 512 * 9 * 196
+    print(f"im2col 512->512 at 14x14: GEMM cut by input channels {t_k:.2f} ms "
+          f"({flops / t_k / 1e6:.0f} GFLOP/s), by outputs {t_o:.2f} ms "
+          f"({flops / t_o / 1e6:.0f} GFLOP/s); one thread's channel columns {t_c:.2f} ms")
+
+
+def part_sequence(repeat):
+    big = np.ones(16 << 20, np.float32)
+    for algo, c, h in (("winograd4", 256, 56), ("im2col", 512, 14)):
+        g, x, w, dy = layer(c, c, h)
+        a = ALGORITHMS[algo]
+        passes = {"fwd": lambda: a.forward(x, w, g), "bwd-data": lambda: a.backward_data(dy, w, g),
+                  "bwd-weight": lambda: a.backward_weight(dy, x, g)}
+        apart = {k: ms(f, repeat) for k, f in passes.items()}
+        step = {k: [] for k in passes}
+        for _ in range(5):                          # warm-up rounds, then timed rounds
+            for f in passes.values():
+                f()
+        for _ in range(max(repeat, 10)):
+            for k, f in passes.items():
+                t = common.CLOCK()
+                f()
+                step[k].append(common.CLOCK() - t)
+        flushed = {}
+        for k, f in passes.items():
+            ts = []
+            for _ in range(max(repeat, 10)):
+                big += 1                            # 64 MB touched between two calls
+                t = common.CLOCK()
+                f()
+                ts.append(common.CLOCK() - t)
+            flushed[k] = min(ts) * 1e3
+        print(f"{algo} {c}->{c} at {h}x{h}, ms  " + "  ".join(
+            f"{k}: apart {apart[k]:.2f}, in a step {min(step[k]) * 1e3:.2f}, "
+            f"after 64 MB {flushed[k]:.2f}" for k in passes))
+
+
+def part_plans(repeat):
+    A = ALGORITHMS
+    w4, im = A["winograd4"], A["im2col"]
+    for c, h in ((512, 28), (64, 224)):
+        g, x, w, dy = layer(c, c, h)
+        plans = [StepPlan(w4, w4, w4, True, True), StepPlan(w4, w4, w4, False, True),
+                 StepPlan(w4, w4, w4, True, False), StepPlan(w4, w4, w4, False, False),
+                 StepPlan(w4, im, w4, False, True), StepPlan(im, im, im, False, True)]
+
+        def runner(plan):
+            reuse = {}
+
+            def run():
+                _, s = step_forward(plan, x, w, g, reuse=reuse.get("u"))
+                reuse["u"] = s.u
+                step_backward(s, dy, x, w, g)
+            return run
+
+        runs = [runner(p) for p in plans]
+        alone = [ms(r, repeat) for r in runs]
+        rr = [[] for _ in plans]
+        for _ in range(max(repeat, 8)):
+            for i, r in enumerate(runs):
+                t = common.CLOCK()
+                r()
+                rr[i].append(common.CLOCK() - t)
+        print(f"{c}->{c} at {h}x{h}, one training step, ms (repeated alone / round-robin):")
+        for p, t_alone, ts in zip(plans, alone, rr):
+            print(f"    {p.describe():<58} {t_alone:7.2f} / {min(ts) * 1e3:7.2f}")
+        saved = {}
+        w4.forward(x, w, g, save=saved)
+        parts = {"fwd": ms(lambda: w4.forward(x, w, g), repeat),
+                 "fwd keeping V": ms(lambda: w4.forward(x, w, g, save={}), repeat),
+                 "bwd-weight": ms(lambda: w4.backward_weight(dy, x, g), repeat),
+                 "bwd-weight on kept V": ms(lambda: w4.backward_weight(dy, x, g, saved=saved),
+                                            repeat)}
+        fresh = Chooser()
+        t0 = common.CLOCK()
+        pick = fresh.select_step(g)
+        print(f"    a fresh chooser's first select_step (passes and plans timed): "
+              f"{common.CLOCK() - t0:.2f} s, picked {pick.describe()}")
+        print("    passes apart (Winograd F4): " +
+              ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("parts", nargs="*", metavar="PART",
+                    help=f"any of {', '.join(PARTS)} (default: all)")
+    ap.add_argument("--repeat", type=int, default=10, help="timed runs, best kept (default 10)")
+    ap.add_argument("--threads", type=int, default=2, help="threads (default 2)")
+    args = ap.parse_args(argv)
+    unknown = [p for p in args.parts if p not in PARTS]
+    if unknown:
+        ap.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    args.parts = args.parts or list(PARTS)
+    set_num_threads(args.threads)
+    print(f"{common.steady_malloc()}; {args.threads} threads; {load_line()}")
+    for part in args.parts:
+        print(f"== {part}")
+        if part == "alloc":
+            part_alloc(args.repeat)
+        elif part == "malloc":
+            part_malloc(args.threads)
+        elif part == "transforms":
+            part_transforms(args.repeat, args.threads)
+        elif part == "sequence":
+            part_sequence(args.repeat)
+        else:
+            part_plans(args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
