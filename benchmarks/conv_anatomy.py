@@ -14,6 +14,9 @@ Parts (2 threads by default, ``--threads``; times are the best of ``--repeat`` r
                 dU -> dW (all threads and one), im2col's GEMM cut two ways, its channel columns
     sequence    each pass timed apart, in a step (forward, data gradient, weight gradient in
                 turn) and after touching 64 MB, for Winograd F4 and im2col
+    passes      Winograd's three passes on VGG-sized layers (forward and data gradient with
+                U prepared, weight gradient on the forward's kept V): the phased schedule's
+                deep layers, and the fused schedule's early ones
     plans       whole training steps of several plans (cnnlab.conv.step): each repeated on
                 its own, and round-robin as the chooser times them; what a fresh chooser
                 picks and how long that takes; and the passes that the sum-of-passes rule
@@ -43,7 +46,7 @@ from cnnlab.conv.step import StepPlan, step_backward, step_forward  # noqa: E402
 from cnnlab.conv.threads import even_blocks, parallel_map, pool_region  # noqa: E402
 
 WARM = 0.2
-PARTS = ("alloc", "malloc", "transforms", "sequence", "plans")
+PARTS = ("alloc", "malloc", "transforms", "passes", "sequence", "plans")
 
 
 def ms(fn, repeat):
@@ -149,6 +152,22 @@ def part_transforms(repeat, threads):
           f"({flops / t_o / 1e6:.0f} GFLOP/s); one thread's channel columns {t_c:.2f} ms")
 
 
+def part_passes(repeat):
+    for c, o, h, m in ((512, 512, 28, 4), (256, 512, 28, 4), (512, 512, 14, 2),
+                       (512, 512, 64, 4), (64, 64, 224, 4), (128, 128, 112, 4), (256, 256, 56, 4)):
+        g, x, w, dy = layer(c, o, h)
+        a = ALGORITHMS[f"winograd{m}"]
+        u = a.prepare(w, g, "forward")
+        saved = {}
+        a.forward(x, w, g, prepared=u, save=saved)
+        times = (ms(lambda: a.forward(x, w, g, prepared=u), repeat),
+                 ms(lambda: a.backward_data(dy, w, g, prepared=u), repeat),
+                 ms(lambda: a.backward_weight(dy, x, g, saved=saved), repeat))
+        plan = W._Plan(m, 1, c, h, h, o, h, h, 1, 1)
+        print(f"F({m}x{m}) {c}->{o} at {h}x{h} ({'fused' if plan.fused else 'phased'}): forward "
+              f"{times[0]:.2f} ms, data gradient {times[1]:.2f} ms, weight gradient {times[2]:.2f} ms")
+
+
 def part_sequence(repeat):
     big = np.ones(16 << 20, np.float32)
     for algo, c, h in (("winograd4", 256, 56), ("im2col", 512, 14)):
@@ -246,6 +265,8 @@ def main(argv=None) -> int:
             part_malloc(args.threads)
         elif part == "transforms":
             part_transforms(args.repeat, args.threads)
+        elif part == "passes":
+            part_passes(args.repeat)
         elif part == "sequence":
             part_sequence(args.repeat)
         else:

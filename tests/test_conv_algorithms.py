@@ -89,6 +89,50 @@ def test_algorithms_match_direct(shape):
     assert checked >= 3  # im2col at least
 
 
+@pytest.mark.parametrize("schedule", ["fused", "phased, channel blocks", "phased, tile rows"])
+def test_winograd_schedules_match_direct(schedule, monkeypatch):
+    """Every Winograd schedule (``winograd._Plan``) on shapes with several chunks, channel
+    blocks, batches and edge tiles: the fused one (forced by a large U limit and few tiles
+    per chunk), the phased one cutting channels with every tile per job (in place in V, M
+    and Z), and the phased one cutting tile rows (one channel's tiles over
+    PHASE_JOB_FLOATS / 8)."""
+    if schedule == "fused":
+        monkeypatch.setattr(winograd, "FUSED_U_BYTES", 1 << 30)
+        monkeypatch.setattr(winograd, "FUSED_DU_BYTES", 1 << 30)
+        monkeypatch.setattr(winograd, "MIN_TILES", 2)
+        monkeypatch.setattr(winograd, "WIDE_TILES_X_CH", 1)
+        monkeypatch.setattr(winograd, "MAX_TILES", 6)
+    elif schedule == "phased, channel blocks":
+        monkeypatch.setattr(winograd, "FUSED_U_BYTES", 0)
+        monkeypatch.setattr(winograd, "FUSED_DU_BYTES", 0)
+        monkeypatch.setattr(winograd, "PHASE_JOB_FLOATS", 8 * 36 * 60)  # a few channels a job
+    else:
+        monkeypatch.setattr(winograd, "FUSED_U_BYTES", 0)
+        monkeypatch.setattr(winograd, "FUSED_DU_BYTES", 0)
+        monkeypatch.setattr(winograd, "PHASE_JOB_FLOATS", 8)
+        monkeypatch.setattr(winograd, "PHASED_FLOATS", 1)
+    for shape in [(2, 13, 11, 9, 7, 3, 3, 1, 1, 1), (1, 10, 14, 17, 12, 3, 3, 1, 0, 1),
+                  (3, 8, 7, 6, 6, 3, 3, 1, 2, 2)]:
+        g, args = _case(shape, seed=11)
+        for m in (2, 4):
+            plan = winograd._Plan(m, g.n, g.c // g.groups, g.h, g.w, g.o // g.groups, g.ho, g.wo,
+                                  1, 1)
+            assert plan.fused == (schedule == "fused")
+            if plan.fused:
+                assert len(plan.chunks) >= 2
+            else:
+                assert (plan.channel_jobs(g.c) is not None) == (schedule != "phased, tile rows")
+                assert len(plan.channel_jobs(g.c) or plan.chunks) >= 2
+            a = ALGORITHMS[f"winograd{m}"]
+            for p in PASSES:
+                ref = ALGORITHMS["direct"].run(p, *args[p], g)
+                assert _rel(a.run(p, *args[p], g), ref) <= 1e-10, (m, p)
+            saved = {}
+            a.forward(*args["forward"], g, save=saved)
+            kept = a.backward_weight(*args["backward_weight"], g, saved=saved)
+            assert np.array_equal(kept, a.backward_weight(*args["backward_weight"], g))
+
+
 def test_vgg_scale_layer_float32():
     """One VGG-16 layer (64->64, 56x56, batch 1) in float32 against float64 direct."""
     g, args = _case((1, 64, 56, 56, 64, 3, 3, 1, 1, 1), seed=7)

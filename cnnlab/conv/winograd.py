@@ -86,6 +86,9 @@ FUSED_DU_BYTES = 4 << 20
 # Phased schedule: transform chunks of about PHASED_FLOATS transformed floats.
 PHASED_FLOATS = 1 << 18
 PHASED_MIN_TILES = 8
+# Phased transforms cut channels, every job taking all tiles, up to this many floats of V
+# (or M, Z) per job (``_Plan.channel_jobs``).
+PHASE_JOB_FLOATS = 1 << 18
 
 
 # --------------------------------------------------------------------------- matrices
@@ -202,7 +205,10 @@ class _Plan:
             GEMMs -> inverse transform while its tiles are in cache; chunks run in parallel.
     phased  (U large: deep layers) V for all tiles, then the alpha^2 GEMMs split by xi
             across threads (each U[xi] is read once, with every tile as GEMM columns),
-            then the inverse transforms; each phase in parallel.
+            then the inverse transforms; each phase in parallel. The transform phases cut
+            channels, every job taking all tiles (``channel_jobs``), so each writes its rows
+            of V (reads its rows of M) in place; where one channel's tiles are too many for
+            that, they cut chunks of tile rows and copy each chunk's part.
     """
 
     def __init__(self, m, n, c, h, w, o, ho, wo, pt, pl, nthreads=None, weight_grad=False):
@@ -233,6 +239,7 @@ class _Plan:
             k = max(1, round(n * per_image / target))
             k = min(n, -(-k // self.nthreads) * self.nthreads)
             self.chunks = [(i0, i1 - i0, 0, self.th) for i0, i1 in even_blocks(n, k)]
+        self.all_tiles = (0, n, 0, self.th)     # the chunk of every tile (phased transforms)
         self.offsets = []
         off = 0
         for ch in self.chunks:
@@ -253,6 +260,18 @@ class _Plan:
         """(chunk index, channel block): whole chunks when there are enough, else split channels."""
         parts = 1 if len(self.chunks) >= self.nthreads else self.nthreads
         return [(i, cb) for i in range(len(self.chunks)) for cb in self.blocks(size, parts)]
+
+    def channel_jobs(self, size: int) -> list[tuple[int, int]] | None:
+        """Phased transforms: ``size`` channels cut into blocks that each take every tile
+        (``all_tiles``), so a job writes (or reads) its rows of V, M or Z in place, with no
+        copy of a chunk in between: a multiple of the thread count, each block's tiles within
+        PHASE_JOB_FLOATS; None where one channel's tiles exceed PHASE_JOB_FLOATS / 8 (then
+        chunks of tile rows, ``jobs``)."""
+        per_channel = self.alpha ** 2 * self.total_tiles
+        if 8 * per_channel > PHASE_JOB_FLOATS:
+            return None
+        k = max(self.nthreads, -(-size * per_channel // PHASE_JOB_FLOATS))
+        return self.blocks(size, -(-k // self.nthreads) * self.nthreads)
 
     def workspace_floats(self, c, o, weight_grad=False) -> int:
         """U, plus V and M (phased) or per-thread chunk buffers (fused): workspace_bytes."""
@@ -359,7 +378,7 @@ def _transform_input(x, plan, chunk, c0, c1, bt, out=None):
     cols = cb * nb * nr * tw
     if out is None:
         out = _SCRATCH.get("V", (a * a, cb, nb * nr * tw), x.dtype)
-    np.matmul(bt, d.reshape(a, a, cols), out=out.reshape(a, a, cols))   # columns: (xi, nu, ...)
+    np.matmul(bt, d.reshape(a, a, cols), out=_view(out, (a, a, cols)))  # columns: (xi, nu, ...)
     return out
 
 
@@ -380,10 +399,10 @@ def _transform_output(mm, plan, chunk, y, o0, o1, at, a_mat):
     a, m, tw = plan.alpha, plan.m, plan.tw
     ob = o1 - o0
     cols = ob * nb * nr * tw
-    y1 = _SCRATCH.get("B", (m, a, cols), mm.dtype)
-    np.matmul(at, mm.reshape(a, a * cols), out=y1.reshape(m, a * cols))
+    y1 = _SCRATCH.get("B", (a, m, cols), mm.dtype)                     # (nu, row, ...)
+    np.matmul(at, _view(mm, (a, a, cols)).transpose(1, 0, 2), out=y1)
     y2 = _SCRATCH.get("A", (m, cols, m), mm.dtype)
-    np.matmul(y1.transpose(0, 2, 1), a_mat, out=y2)
+    np.matmul(y1.transpose(1, 2, 0), a_mat, out=y2)
     yt = y2.reshape(m, ob, nb, nr, tw, m).transpose(2, 1, 3, 0, 4, 5)  # (nb, ob, nr, m, tw, m)
     row0 = ti0 * m
     rows = min(plan.ho, row0 + nr * m) - row0
@@ -420,7 +439,7 @@ def _transform_dy(dy, plan, chunk, o0, o1, a_mat, out=None):
     np.matmul(a_mat, d.reshape(m, m * cols), out=e.reshape(a, m * cols))   # rows
     if out is None:
         out = _SCRATCH.get("Z3", (a * a, ob, nb * nr * tw), dy.dtype)
-    np.matmul(a_mat, e, out=out.reshape(a, a, cols))                        # columns
+    np.matmul(a_mat, e, out=_view(out, (a, a, cols)))                       # columns
     return out
 
 
@@ -471,6 +490,11 @@ def winograd_conv(x, u, plan, y, reversed_=False, keep=None):
 
     parallel_map(gemm, plan.blocks(a2))
     del v
+    jobs = plan.channel_jobs(plan.o)
+    if jobs is not None:
+        parallel_map(lambda ob: _transform_output(mm[:, ob[0]:ob[1]], plan, plan.all_tiles, y,
+                                                  ob[0], ob[1], at, a_mat), jobs)
+        return y
 
     def output(job):
         i, (o0, o1) = job
@@ -486,6 +510,11 @@ def winograd_conv(x, u, plan, y, reversed_=False, keep=None):
 def _phase_input(x, plan, bt, out=None):
     """V (alpha^2, C, all tiles), transformed chunk by chunk in parallel (into ``out``)."""
     v = np.empty((plan.alpha ** 2, plan.c, plan.total_tiles), dtype=x.dtype) if out is None else out
+    jobs = plan.channel_jobs(plan.c)
+    if jobs is not None:
+        parallel_map(lambda cb: _transform_input(x, plan, plan.all_tiles, cb[0], cb[1], bt,
+                                                 out=v[:, cb[0]:cb[1]]), jobs)
+        return v
 
     def run(job):
         i, (c0, c1) = job
@@ -527,13 +556,18 @@ def winograd_weight_grad(dy, x, plan, v=None):
     if v is None:
         v = _phase_input(x, plan, bt)
     z = np.empty((a2, plan.o, plan.total_tiles), dtype=x.dtype)
+    jobs = plan.channel_jobs(plan.o)
 
     def transform_dy(job):
         i, (o0, o1) = job
         off, nt = plan.offsets[i], plan.tiles(plan.chunks[i])
         z[:, o0:o1, off:off + nt] = _transform_dy(dy, plan, plan.chunks[i], o0, o1, a_mat)
 
-    parallel_map(transform_dy, plan.jobs(plan.o))
+    if jobs is not None:
+        parallel_map(lambda ob: _transform_dy(dy, plan, plan.all_tiles, ob[0], ob[1], a_mat,
+                                              out=z[:, ob[0]:ob[1]]), jobs)
+    else:
+        parallel_map(transform_dy, plan.jobs(plan.o))
     du = _SCRATCH.get("U", (a2, plan.o, plan.c), x.dtype, cap=U_CAP)   # the caller's thread
 
     def gemm(xb):
