@@ -116,6 +116,7 @@ def _pool_case(kind, xs, k, s, p, include_pad=True):
 
 for _kind in ("max", "avg"):
     _pool_case(_kind, (2, 3, 8, 8), 2, 2, 0)
+    _pool_case(_kind, (2, 3, 7, 9), 2, 2, 0)          # the 2x2 path, odd last row/column
     _pool_case(_kind, (1, 2, 7, 9), 3, 2, 1)
     _pool_case(_kind, (2, 2, 5, 6), (2, 3), (1, 2), (1, 1))
     _pool_case(_kind, (3, 1, 9, 9), 3, 3, 0)

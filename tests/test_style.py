@@ -201,8 +201,7 @@ def test_results_do_not_depend_on_the_thread_count(pooling, monkeypatch):
     """The style pass splits its element-wise layers (bias, ReLU, 2x2 pools, their backward
     passes) by channels and the style backward products by columns over the worker pool:
     the same numbers as on one thread (element-wise: bit for bit)."""
-    from cnnlab.style import vgg_features
-    monkeypatch.setattr(vgg_features, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(conv.threads, "PARALLEL_MIN_ELEMENTS", 1)
     monkeypatch.setattr(L, "PARALLEL_MIN_MACS", 1)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 23, 17)).astype(np.float32)        # odd sizes, a batch

@@ -33,6 +33,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import numpy as np
+
 try:  # optional: only needed to switch BLAS to one thread inside the pool
     from threadpoolctl import ThreadpoolController as _Controller
 except Exception:  # pragma: no cover - exercised where threadpoolctl is absent
@@ -178,3 +180,22 @@ _WORKER = threading.local()
 
 def _in_worker() -> bool:
     return getattr(_WORKER, "active", False)
+
+
+#: Element-wise passes (bias, ReLU, pooling, batch norm) over at least this many elements are
+#: split by channels over the pool (numpy's loops release the GIL), like the convolutions.
+PARALLEL_MIN_ELEMENTS = 1 << 17
+
+
+def by_channels(fn, a) -> None:
+    """fn(c0, c1) for blocks of the channels (axis 1) of ``a``: one block per pool thread when
+    ``a`` is a numpy array of at least PARALLEL_MIN_ELEMENTS elements, else one call fn(0, C).
+    ``fn`` must write only its own channels; each channel is computed the same way whatever
+    the blocks, so results do not depend on the thread count."""
+    c = a.shape[1]
+    big = a.size >= PARALLEL_MIN_ELEMENTS and isinstance(a, np.ndarray)
+    parts = min(c, pool_threads()) if big else 1
+    if parts <= 1:
+        fn(0, c)
+        return
+    parallel_map(lambda e: fn(*e), even_blocks(c, parts))

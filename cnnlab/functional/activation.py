@@ -8,15 +8,38 @@
 from __future__ import annotations
 
 from ..backend import get_xp
+from ..conv.threads import by_channels
+
+
+def _blocks(fn, a):
+    """fn(index) for channel blocks a[:, c0:c1] of large numpy arrays (``by_channels``), else
+    fn(...) once over the whole of ``a`` (any number of dimensions)."""
+    if a.ndim >= 2:
+        by_channels(lambda c0, c1: fn((slice(None), slice(c0, c1))), a)
+    else:
+        fn(...)
 
 
 def relu_forward(x):
-    out = x * (x > 0)
-    return out, x > 0
+    """max(x, 0) and the mask x > 0 (the cache)."""
+    xp = get_xp(x)
+    out, mask = xp.empty_like(x), xp.empty(x.shape, dtype=bool)
+
+    def block(sl):
+        xp.greater(x[sl], 0, out=mask[sl])
+        xp.maximum(x[sl], 0, out=out[sl])
+    _blocks(block, x)
+    return out, mask
 
 
 def relu_backward(dout, cache):
-    return dout * cache
+    xp = get_xp(dout)
+    dx = xp.empty(dout.shape, dtype=xp.result_type(dout, cache))
+
+    def block(sl):
+        xp.multiply(dout[sl], cache[sl], out=dx[sl])
+    _blocks(block, dout)
+    return dx
 
 
 def leaky_relu_forward(x, negative_slope=0.01):

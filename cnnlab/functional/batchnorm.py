@@ -20,6 +20,7 @@ with the unbiased batch variance; :func:`batchnorm_running_update` computes them
 from __future__ import annotations
 
 from ..backend import get_xp
+from ..conv.threads import by_channels
 from ..errors import ShapeError
 
 
@@ -43,44 +44,69 @@ def _channel_sum(a):
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, eps=1e-5):
-    """Return (out, cache). In training, cache carries the batch mean/var for the running update."""
+    """Return (out, cache). In training, cache carries the batch mean/var for the running update.
+
+    Large inputs are computed in channel blocks on the convolution pool
+    (``cnnlab.conv.threads.by_channels``); every channel is computed the same way either way."""
     xp = get_xp(x)
     axes, shape = _axes(x, gamma)
+    m = x.size // x.shape[1]
+    if training and m < 2:
+        raise ShapeError(f"batch norm in training mode needs more than 1 value per channel, "
+                         f"got input {tuple(x.shape)}; use a larger batch or model.eval()")
+    c = x.shape[1]
+    xhat = xp.empty_like(x)
+    out = xp.empty(x.shape, dtype=xp.result_type(x, gamma))
     if training:
-        m = x.size // x.shape[1]
-        if m < 2:
-            raise ShapeError(f"batch norm in training mode needs more than 1 value per channel, "
-                             f"got input {tuple(x.shape)}; use a larger batch or model.eval()")
-        mu = _channel_sum(x) / x.dtype.type(m)
-        xhat = x - mu.reshape(shape)
-        var = _channel_sum(xhat * xhat) / x.dtype.type(m)
+        mu, var = xp.empty(c, dtype=x.dtype), xp.empty(c, dtype=x.dtype)
     else:
         mu, var = running_mean, running_var
-        xhat = x - mu.reshape(shape)
-    inv_std = 1.0 / xp.sqrt(var + eps)
-    xhat *= inv_std.reshape(shape).astype(xhat.dtype, copy=False)
-    out = xhat * gamma.reshape(shape)
-    out += beta.reshape(shape)
+    inv_std = xp.empty(c, dtype=xp.result_type(var, eps))
+
+    def block(c0, c1):
+        xs, xh = x[:, c0:c1], xhat[:, c0:c1]
+        if training:
+            mu[c0:c1] = _channel_sum(xs) / x.dtype.type(m)
+            xp.subtract(xs, mu[c0:c1].reshape(shape), out=xh)
+            var[c0:c1] = _channel_sum(xh * xh) / x.dtype.type(m)
+        else:
+            xp.subtract(xs, mu[c0:c1].reshape(shape), out=xh)
+        inv_std[c0:c1] = 1.0 / xp.sqrt(var[c0:c1] + eps)
+        xh *= inv_std[c0:c1].reshape(shape).astype(xh.dtype, copy=False)
+        o = out[:, c0:c1]
+        xp.multiply(xh, gamma[c0:c1].reshape(shape), out=o)
+        o += beta[c0:c1].reshape(shape)
+    by_channels(block, x)
     return out, (xhat, gamma, inv_std, axes, shape, training, mu, var)
 
 
 def batchnorm_backward(dout, cache, need_dx=True, need_dw=True):
     """Return (dx, dgamma, dbeta)."""
     xhat, gamma, inv_std, axes, shape, training, _, _ = cache
+    xp = get_xp(dout)
+    c = dout.shape[1]
     sums = need_dw or (need_dx and training)
-    dgamma = _channel_sum(dout * xhat) if sums else None
-    dbeta = _channel_sum(dout) if sums else None
-    dx = None
-    if need_dx:
-        scale = (gamma * inv_std).reshape(shape)
-        if training:
-            m = dout.size // dout.shape[1]
-            dx = xhat * (-dgamma / m).reshape(shape)
-            dx += dout
-            dx -= (dbeta / m).reshape(shape)
-            dx *= scale
-        else:
-            dx = dout * scale
+    dgamma = xp.empty(c, dtype=dout.dtype) if sums else None
+    dbeta = xp.empty(c, dtype=dout.dtype) if sums else None
+    dx = xp.empty(dout.shape, dtype=xp.result_type(dout, gamma, inv_std)) if need_dx else None
+    m = dout.size // c
+
+    def block(c0, c1):
+        d = dout[:, c0:c1]
+        if sums:
+            dgamma[c0:c1] = _channel_sum(d * xhat[:, c0:c1])
+            dbeta[c0:c1] = _channel_sum(d)
+        if need_dx:
+            scale = (gamma[c0:c1] * inv_std[c0:c1]).reshape(shape)
+            dxb = dx[:, c0:c1]
+            if training:
+                xp.multiply(xhat[:, c0:c1], (-dgamma[c0:c1] / m).reshape(shape), out=dxb)
+                dxb += d
+                dxb -= (dbeta[c0:c1] / m).reshape(shape)
+                dxb *= scale
+            else:
+                xp.multiply(d, scale, out=dxb)
+    by_channels(block, dout)
     if not need_dw:
         dgamma = dbeta = None
     return dx, dgamma, dbeta

@@ -7,12 +7,19 @@ max:  out[n,c,i,j] = max_{p,q} x_pad[n, c, i*SH + p, j*SW + q]   (padding never 
 avg:  out = mean over the window; with ``count_include_pad`` (PyTorch's default) padded zeros
       count in the divisor, otherwise only real pixels do. backward spreads dout / divisor.
 global average: (N, C, H, W) -> (N, C, 1, 1), the mean over H and W.
+
+2x2 windows with stride 2 and no padding (VGG's pools, nearly every pool in practice) take a
+faster path with the same results: max compares the two columns of each row, then the two
+rows (so ties still go to the first in row-major order), and keeps three boolean maps of the
+output's size instead of a tap index; both pools run on the convolution worker pool by
+channel blocks (``cnnlab.conv.threads.by_channels``).
 """
 from __future__ import annotations
 
 from ..backend import get_xp
 from ..conv.geometry import ConvGeometry, pair
 from ..conv.im2col import pad_input, tap_slices
+from ..conv.threads import by_channels
 from ..errors import ShapeError
 
 
@@ -36,9 +43,60 @@ def _taps(g):
     return [(p, q) for p in range(g.kh) for q in range(g.kw)]
 
 
+def _is_2x2(g) -> bool:
+    return (g.kh, g.kw, g.stride, g.padding) == (2, 2, (2, 2), (0, 0))
+
+
+def _quarters(a, h, w):
+    """The four taps of 2x2/2 windows over ``a``'s first 2h x 2w pixels: (top-left,
+    top-right, bottom-left, bottom-right) strided views of shape (N, C, h, w)."""
+    return [a[:, :, p:2 * h:2, q:2 * w:2] for p in (0, 1) for q in (0, 1)]
+
+
+def _max_pool_2x2_forward(x, g):
+    """out = max of each 2x2 window; cache: (right, lower), booleans of out's shape with
+    right[r] = the right pixel of row r won that row (r = 0 top, 1 bottom) and lower = the
+    bottom row won; strict comparisons, so ties go to the first in row-major order."""
+    xp = get_xp(x)
+    out = xp.empty((g.n, g.c, g.ho, g.wo), dtype=x.dtype)
+    right = xp.empty((2,) + out.shape, dtype=bool)
+    lower = xp.empty(out.shape, dtype=bool)
+
+    def block(c0, c1):
+        t0, t1, b0, b1 = _quarters(x[:, c0:c1], g.ho, g.wo)
+        xp.greater(t1, t0, out=right[0, :, c0:c1])
+        top = xp.maximum(t0, t1)
+        xp.greater(b1, b0, out=right[1, :, c0:c1])
+        bottom = xp.maximum(b0, b1)
+        xp.greater(bottom, top, out=lower[:, c0:c1])
+        xp.maximum(top, bottom, out=out[:, c0:c1])
+    by_channels(block, x)
+    return out, (g, (right, lower))
+
+
+def _max_pool_2x2_backward(dout, g, right, lower):
+    xp = get_xp(dout)
+    exact = (g.h, g.w) == (2 * g.ho, 2 * g.wo)
+    dx = (xp.empty if exact else xp.zeros)((g.n, g.c, g.h, g.w), dtype=dout.dtype)
+
+    def block(c0, c1):
+        d = dout[:, c0:c1]
+        taps = _quarters(dx[:, c0:c1], g.ho, g.wo)
+        rows = [None, xp.multiply(d, lower[:, c0:c1])]
+        rows[0] = d - rows[1]                                  # the winning row's share
+        for r in (0, 1):
+            left, rt = taps[2 * r], taps[2 * r + 1]
+            xp.multiply(rows[r], right[r, :, c0:c1], out=rt)
+            xp.subtract(rows[r], rt, out=left)
+    by_channels(block, dx)
+    return dx
+
+
 def max_pool_forward(x, kernel_size=2, stride=None, padding=0):
     xp = get_xp(x)
     g = _geometry(x, kernel_size, stride, padding)
+    if _is_2x2(g):
+        return _max_pool_2x2_forward(x, g)
     if any(g.padding):
         xpad = xp.full((g.n, g.c, g.h + 2 * g.padding[0], g.w + 2 * g.padding[1]), -xp.inf, x.dtype)
         xpad[:, :, g.padding[0]:g.padding[0] + g.h, g.padding[1]:g.padding[1] + g.w] = x
@@ -60,6 +118,8 @@ def max_pool_forward(x, kernel_size=2, stride=None, padding=0):
 
 def max_pool_backward(dout, cache):
     g, arg = cache
+    if isinstance(arg, tuple):
+        return _max_pool_2x2_backward(dout, g, *arg)
     xp = get_xp(dout)
     ph, pw = g.padding
     dxpad = xp.zeros((g.n, g.c, g.h + 2 * ph, g.w + 2 * pw), dtype=dout.dtype)
@@ -86,6 +146,19 @@ def _avg_divisor(x, g, count_include_pad):
 
 def avg_pool_forward(x, kernel_size=2, stride=None, padding=0, count_include_pad=True):
     g = _geometry(x, kernel_size, stride, padding)
+    if _is_2x2(g):
+        xp = get_xp(x)
+        out = xp.empty((g.n, g.c, g.ho, g.wo), dtype=x.dtype)
+
+        def block(c0, c1):
+            t0, t1, b0, b1 = _quarters(x[:, c0:c1], g.ho, g.wo)
+            o = out[:, c0:c1]
+            xp.add(t0, t1, out=o)
+            o += b0
+            o += b1
+            o /= 4
+        by_channels(block, x)
+        return out, (g, 4)
     xpad = pad_input(x, g)
     out = get_xp(x).zeros((g.n, g.c, g.ho, g.wo), dtype=x.dtype)
     for p, q in _taps(g):
@@ -98,6 +171,16 @@ def avg_pool_forward(x, kernel_size=2, stride=None, padding=0, count_include_pad
 def avg_pool_backward(dout, cache):
     g, div = cache
     xp = get_xp(dout)
+    if _is_2x2(g):
+        exact = (g.h, g.w) == (2 * g.ho, 2 * g.wo)
+        dx = (xp.empty if exact else xp.zeros)((g.n, g.c, g.h, g.w), dtype=dout.dtype)
+
+        def block(c0, c1):
+            share = dout[:, c0:c1] / 4
+            for tap in _quarters(dx[:, c0:c1], g.ho, g.wo):
+                tap[...] = share
+        by_channels(block, dx)
+        return dx
     ph, pw = g.padding
     share = dout / div
     dxpad = xp.zeros((g.n, g.c, g.h + 2 * ph, g.w + 2 * pw), dtype=dout.dtype)

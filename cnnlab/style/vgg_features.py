@@ -14,9 +14,9 @@ public functional and convolution APIs and keep only what the data gradient need
                                   keeps its transformed weights (Winograd's U) across
                                   evaluations: its weight is frozen (Conv2d.weight_cache)
     relu   y = max(y, 0) in place keeps the mask y > 0       dx = dy * mask, in place
-    pool   2x2/2 max              keeps the winners (bool)    dx = dy routed to the winner
-           2x2/2 average          keeps nothing but the shape dx = dy / 4 on each tap
-           anything else          cnnlab.functional pooling
+    pool   cnnlab.functional pooling (2x2/2 windows on its fast path: boolean winners
+           for max, nothing but the shape for average); a 2x2/2 max pool right above a
+           ReLU also applies that ReLU's mask, at the pooled size (the ReLU keeps none)
 
 so a layer's activation is freed as soon as the next layer has read it, unless a loss
 asked for it. Arrays are float32 in a style run, float64 in the checks: the pass keeps
@@ -31,7 +31,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..conv import default_algo
-from ..conv.threads import parallel_map, pool_threads
+from ..conv.threads import by_channels
 from ..errors import CnnlabError
 from ..models.vgg import CONFIGS, layer_names, make_features
 
@@ -52,22 +52,8 @@ def check_layers(model: str, layers) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ fast layers
-#: Element-wise passes over at least this many elements are split by channels over
-#: cnnlab.conv's worker pool (numpy's loops release the GIL), like the convolutions.
-PARALLEL_MIN_ELEMENTS = 1 << 17
-
-
-def _by_channels(fn, a):
-    """fn(c0, c1) for blocks of the channels (axis 1) of ``a``: one block per worker thread
-    when ``a`` is large, else one call. ``fn`` writes only its own channels."""
-    c = a.shape[1]
-    big = a.size >= PARALLEL_MIN_ELEMENTS and isinstance(a, np.ndarray)
-    parts = min(c, pool_threads()) if big else 1
-    if parts <= 1:
-        fn(0, c)
-        return
-    edges = [c * i // parts for i in range(parts + 1)]
-    parallel_map(lambda e: fn(*e), list(zip(edges[:-1], edges[1:])))
+# Element-wise passes split by channels over cnnlab.conv's worker pool (numpy's loops release
+# the GIL), like the convolutions: cnnlab.conv.threads.by_channels.
 
 
 def _add_bias(y, b):
@@ -76,7 +62,7 @@ def _add_bias(y, b):
 
     def block(c0, c1):
         np.add(y[:, c0:c1], b[:, c0:c1], out=y[:, c0:c1])
-    _by_channels(block, y)
+    by_channels(block, y)
 
 
 def _relu(x, copy, mask):
@@ -89,7 +75,7 @@ def _relu(x, copy, mask):
         np.maximum(x[:, c0:c1], 0, out=y[:, c0:c1])
         if m is not None:
             np.greater(y[:, c0:c1], 0, out=m[:, c0:c1])
-    _by_channels(block, x)
+    by_channels(block, x)
     return y, m
 
 
@@ -97,85 +83,14 @@ def _multiply_inplace(g, mask):
     """g *= mask (the ReLU backward), in place."""
     def block(c0, c1):
         np.multiply(g[:, c0:c1], mask[:, c0:c1], out=g[:, c0:c1])
-    _by_channels(block, g)
+    by_channels(block, g)
 
 
-def _maxpool2_forward(x):
-    """2x2 stride-2 max pool of x (N, C, H, W) -> (out (N, C, H//2, W//2), cache).
-
-    An odd last row or column is dropped (floor, as cnnlab.functional and PyTorch). Rows are
-    paired first (contiguous reads), then columns; the cache holds which row won in every
-    column pair and which column won in every window (booleans). Ties go to the top row,
-    then the left column: the first in row-major order except when the maxima of the two
-    columns tie, a case that only decides which of two equal inputs receives the gradient.
-    """
-    n, c = x.shape[:2]
-    h, w2 = x.shape[2] // 2, x.shape[3] // 2 * 2
-    lower = np.empty((n, c, h, w2), dtype=bool)
-    col = np.empty((n, c, h, w2 // 2), dtype=bool)
-    out = np.empty((n, c, h, w2 // 2), dtype=x.dtype)
-
-    def block(c0, c1):
-        xs = x[:, c0:c1]
-        top, bottom = xs[:, :, 0:2 * h:2, :w2], xs[:, :, 1:2 * h:2, :w2]
-        np.greater(bottom, top, out=lower[:, c0:c1])
-        rows = np.maximum(top, bottom)
-        left, right = rows[..., 0::2], rows[..., 1::2]
-        np.greater(right, left, out=col[:, c0:c1])
-        np.maximum(left, right, out=out[:, c0:c1])
-    _by_channels(block, x)
-    return out, (lower, col, x.shape)
-
-
-def _maxpool2_backward(dout, cache):
-    """Route dout to the winners: first to the winning column of each window, then to the
-    winning row of each column pair."""
-    lower, col, shape = cache[:3]
-    relu = cache[3] if len(cache) == 4 else None   # the mask of the ReLU below, pooled size
-    n, c, h, w = dout.shape
-    exact = shape[2:] == (2 * h, 2 * w)
-    dx = np.empty(shape, dtype=dout.dtype) if exact else np.zeros(shape, dtype=dout.dtype)
-
-    def block(c0, c1):
-        d = dout[:, c0:c1]
-        if relu is not None:
-            d = d * relu[:, c0:c1]
-        drows = np.empty((n, c1 - c0, h, 2 * w), dtype=dout.dtype)
-        np.multiply(d, col[:, c0:c1], out=drows[..., 1::2])
-        np.subtract(d, drows[..., 1::2], out=drows[..., 0::2])
-        dxb = dx[:, c0:c1]
-        np.multiply(drows, lower[:, c0:c1], out=dxb[:, :, 1:2 * h:2, :2 * w])
-        np.subtract(drows, dxb[:, :, 1:2 * h:2, :2 * w], out=dxb[:, :, 0:2 * h:2, :2 * w])
-    _by_channels(block, dx)
-    return dx
-
-
-def _avgpool2_forward(x):
-    """2x2 stride-2 average pool (odd last row/column dropped) -> (out, input shape)."""
-    n, c = x.shape[:2]
-    h2, w2 = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
-    out = np.empty((n, c, h2 // 2, w2 // 2), dtype=x.dtype)
-
-    def block(c0, c1):
-        xs, o = x[:, c0:c1], out[:, c0:c1]
-        np.add(xs[:, :, 0:h2:2, 0:w2:2], xs[:, :, 0:h2:2, 1:w2:2], out=o)
-        o += xs[:, :, 1:h2:2, 0:w2:2]
-        o += xs[:, :, 1:h2:2, 1:w2:2]
-        o *= o.dtype.type(0.25)
-    _by_channels(block, x)
-    return out, x.shape
-
-
-def _avgpool2_backward(dout, shape):
-    n, c, h, w = dout.shape
-    dx = np.empty(shape, dtype=dout.dtype) if shape[2:] == (2 * h, 2 * w) else np.zeros(shape, dout.dtype)
-
-    def block(c0, c1):
-        share = dout[:, c0:c1] * dout.dtype.type(0.25)
-        for p, q in ((0, 0), (0, 1), (1, 0), (1, 1)):
-            dx[:, c0:c1, p:2 * h:2, q:2 * w:2] = share
-    _by_channels(block, dx)
-    return dx
+def _maxpool_relu_backward(dout, cache):
+    """Max pool backward after the ReLU below it: the ReLU mask, which matters only at the
+    window maxima (> 0 exactly where the pooled output is), applied at the pooled size."""
+    pool_cache, positive = cache
+    return F.max_pool_backward(dout * positive, pool_cache)
 
 
 class _NoTape(list):
@@ -185,9 +100,9 @@ class _NoTape(list):
         pass
 
 
-def _is_pool2(m, x, kind=nn.MaxPool2d) -> bool:
-    """A 2x2 stride-2 unpadded pool of this exact kind (the fast paths above)."""
-    return (type(m) is kind and m.kernel_size in (2, (2, 2)) and m.stride in (2, (2, 2))
+def _is_pool2(m, x) -> bool:
+    """A 2x2 stride-2 unpadded max pool (whose backward can apply the ReLU mask below it)."""
+    return (type(m) is nn.MaxPool2d and m.kernel_size in (2, (2, 2)) and m.stride in (2, (2, 2))
             and m.padding in (0, (0, 0)) and x.shape[2] >= 2 and x.shape[3] >= 2
             and isinstance(x, np.ndarray))
 
@@ -297,14 +212,9 @@ class VGGFeatures(nn.Module):
                 pooled = name not in keep and i + 1 < len(mods) and _is_pool2(mods[i + 1], x)
                 y, mask = _relu(x, copy=prev_kept, mask=not pooled)
                 tape.append(("relu", mask))
-            elif _is_pool2(m, x):
-                y, cache = _maxpool2_forward(x)
-                if tape and tape[-1][0] == "relu" and tape[-1][1] is None:
-                    cache = cache + (y > 0,)
-                tape.append(("pool", _maxpool2_backward, cache))
-            elif _is_pool2(m, x, nn.AvgPool2d) and m.count_include_pad:
-                y, cache = _avgpool2_forward(x)
-                tape.append(("pool", _avgpool2_backward, cache))
+            elif _is_pool2(m, x) and tape and tape[-1][0] == "relu" and tape[-1][1] is None:
+                y, cache = F.max_pool_forward(x, 2, 2, 0)
+                tape.append(("pool", _maxpool_relu_backward, (cache, y > 0)))
             elif isinstance(m, nn.AvgPool2d):
                 y, cache = F.avg_pool_forward(x, m.kernel_size, m.stride, m.padding, m.count_include_pad)
                 tape.append(("pool", F.avg_pool_backward, cache))
