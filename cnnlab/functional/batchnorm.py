@@ -11,7 +11,8 @@ Backward (train), m = number of values per feature:
     dx = gamma / sqrt(var + eps) * (dout - dbeta / m - xhat * dgamma / m)
 (the textbook form with dxhat = dout * gamma, since sum(dxhat) = gamma dbeta and
 sum(dxhat * xhat) = gamma dgamma). Sums per channel run over the contiguous H*W axis first
-(numpy's pairwise summation), then over N; element-wise steps work in place where they can.
+(numpy's pairwise summation; sums of products through einsum, with no temporary product),
+then over N; element-wise steps work in place where they can.
 In eval mode the statistics are constants: dx = dout * gamma / sqrt(var + eps).
 
 The running statistics follow PyTorch: running = (1 - momentum) * running + momentum * batch,
@@ -43,6 +44,16 @@ def _channel_sum(a):
     return a.reshape(a.shape[0], a.shape[1], -1).sum(axis=2).sum(axis=0)
 
 
+def _channel_dot(a, b):
+    """Per-feature sums of a * b for (N, D) or (N, C, H, W) arrays -> (D,) / (C,), without
+    the temporary product (einsum's sum of products over H*W, then a sum over N)."""
+    xp = get_xp(a)
+    if a.ndim == 2:
+        return xp.einsum("nd,nd->d", a, b)
+    n, c = a.shape[:2]
+    return xp.einsum("ncl,ncl->nc", a.reshape(n, c, -1), b.reshape(n, c, -1)).sum(axis=0)
+
+
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, eps=1e-5):
     """Return (out, cache). In training, cache carries the batch mean/var for the running update.
 
@@ -68,7 +79,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, 
         if training:
             mu[c0:c1] = _channel_sum(xs) / x.dtype.type(m)
             xp.subtract(xs, mu[c0:c1].reshape(shape), out=xh)
-            var[c0:c1] = _channel_sum(xh * xh) / x.dtype.type(m)
+            var[c0:c1] = _channel_dot(xh, xh) / x.dtype.type(m)
         else:
             xp.subtract(xs, mu[c0:c1].reshape(shape), out=xh)
         inv_std[c0:c1] = 1.0 / xp.sqrt(var[c0:c1] + eps)
@@ -94,7 +105,7 @@ def batchnorm_backward(dout, cache, need_dx=True, need_dw=True):
     def block(c0, c1):
         d = dout[:, c0:c1]
         if sums:
-            dgamma[c0:c1] = _channel_sum(d * xhat[:, c0:c1])
+            dgamma[c0:c1] = _channel_dot(d, xhat[:, c0:c1])
             dbeta[c0:c1] = _channel_sum(d)
         if need_dx:
             scale = (gamma[c0:c1] * inv_std[c0:c1]).reshape(shape)
