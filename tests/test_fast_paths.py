@@ -43,6 +43,30 @@ def test_2x2_pools_match_the_general_path(kind, shape, num_threads, monkeypatch)
         assert (np.count_nonzero(dx) == np.count_nonzero(dout))
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")    # pool threads: no errstate
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_2x2_pools_match_the_general_path_on_nan_and_inf(kind, num_threads, monkeypatch):
+    rng = np.random.default_rng(4)
+    x = _big(rng, (4, 16, 64, 63))
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, 400, replace=False)] = np.nan
+    flat[rng.choice(flat.size, 400, replace=False)] = np.inf
+    flat[rng.choice(flat.size, 400, replace=False)] = -np.inf
+    fwd, bwd = ((F.max_pool_forward, F.max_pool_backward) if kind == "max"
+                else (F.avg_pool_forward, F.avg_pool_backward))
+    with np.errstate(invalid="ignore"):
+        out, cache = fwd(x, 2, 2, 0)
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        dout.reshape(-1)[rng.choice(dout.size, 50, replace=False)] = np.inf
+        dx = bwd(dout, cache)
+        monkeypatch.setattr(pool, "_is_2x2", lambda g: False)
+        out0, cache0 = fwd(x, 2, 2, 0)
+        dx0 = bwd(dout, cache0)
+    assert np.isnan(out).any() and np.isinf(dx).any()
+    assert np.array_equal(out, out0, equal_nan=True)
+    assert np.array_equal(dx, dx0, equal_nan=True)
+
+
 def test_relu_matches_its_definition(num_threads):
     rng = np.random.default_rng(1)
     x = _big(rng, (8, 24, 30, 30))
@@ -76,3 +100,55 @@ def test_batchnorm_does_not_depend_on_the_thread_count(shape, training, num_thre
         threads.set_num_threads(old)
     for a, b in zip(got, want):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def _batchnorm_by_the_formulas(x, gamma, beta, rm, rv, training, dout, eps=1e-5):
+    """The module docstring's formulas on whole arrays, in numpy's own dtype promotion."""
+    axes, shape = (0,) if x.ndim == 2 else (0, 2, 3), (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
+
+    def csum(a):
+        return a.sum(axis=0) if a.ndim == 2 else a.reshape(a.shape[0], a.shape[1], -1).sum(2).sum(0)
+    m = x.size // x.shape[1]
+    if training:
+        mu = csum(x) / x.dtype.type(m)
+        xhat = x - mu.reshape(shape)
+        var = csum(xhat * xhat) / x.dtype.type(m)
+    else:
+        mu, var = rm, rv
+        xhat = x - mu.reshape(shape)
+    inv = 1.0 / np.sqrt(var + eps)
+    xhat *= inv.reshape(shape).astype(xhat.dtype, copy=False)
+    out = xhat * gamma.reshape(shape)
+    out += beta.reshape(shape)
+    dgamma, dbeta = csum(dout * xhat), csum(dout)
+    scale = (gamma * inv).reshape(shape)
+    if training:
+        dx = xhat * (-dgamma / m).reshape(shape)
+        dx += dout
+        dx -= (dbeta / m).reshape(shape)
+        dx *= scale
+    else:
+        dx = dout * scale
+    return out, dx, dgamma, dbeta
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtypes", [("f4", "f4", "f4", "f4"), ("f4", "f8", "f8", "f4"),
+                                    ("f4", "f4", "f8", "f8"), ("f8", "f4", "f4", "f4")],
+                         ids=lambda d: "x{} params{} stats{} dout{}".format(*d))
+def test_batchnorm_keeps_the_formulas_dtypes_and_values(dtypes, training, num_threads):
+    """Channel blocks compute what the whole-array formulas do, dtypes included (a float32
+    input with float64 running statistics normalises in float64 in eval mode)."""
+    rng = np.random.default_rng(5)
+    tx, tp, ts, td = dtypes
+    x = (rng.standard_normal((16, 40, 15, 15)) * 3 + 1).astype(tx)
+    gamma, beta = (rng.standard_normal(40).astype(tp) for _ in range(2))
+    rm, rv = rng.standard_normal(40).astype(ts), (rng.random(40) + 0.5).astype(ts)
+    dout = rng.standard_normal(x.shape).astype(td)
+    out, cache = F.batchnorm_forward(x, gamma, beta, rm, rv, training=training)
+    dx, dgamma, dbeta = F.batchnorm_backward(dout, cache)
+    want = _batchnorm_by_the_formulas(x.copy(), gamma, beta, rm, rv, training, dout)
+    for got, ref in zip((out, dx, dgamma, dbeta), want):
+        assert got.dtype == ref.dtype
+        tol = 1e-12 if got.dtype == np.float64 else 1e-5
+        assert np.allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())

@@ -23,6 +23,7 @@ def _blocks(fn, a):
 def relu_forward(x):
     """max(x, 0) and the mask x > 0 (the cache)."""
     xp = get_xp(x)
+    x = xp.asarray(x)
     out, mask = xp.empty_like(x), xp.empty(x.shape, dtype=bool)
 
     def block(sl):
@@ -34,6 +35,7 @@ def relu_forward(x):
 
 def relu_backward(dout, cache):
     xp = get_xp(dout)
+    dout = xp.asarray(dout)
     dx = xp.empty(dout.shape, dtype=xp.result_type(dout, cache))
 
     def block(sl):

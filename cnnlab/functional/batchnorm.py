@@ -11,8 +11,9 @@ Backward (train), m = number of values per feature:
     dx = gamma / sqrt(var + eps) * (dout - dbeta / m - xhat * dgamma / m)
 (the textbook form with dxhat = dout * gamma, since sum(dxhat) = gamma dbeta and
 sum(dxhat * xhat) = gamma dgamma). Sums per channel run over the contiguous H*W axis first
-(numpy's pairwise summation; sums of products through einsum, with no temporary product),
-then over N; element-wise steps work in place where they can.
+(numpy's pairwise summation), then over N; element-wise steps work in place where they can.
+Result dtypes are numpy's promotion of the formulas above (e.g. a float32 input with float64
+running statistics normalises in float64 in eval mode).
 In eval mode the statistics are constants: dx = dout * gamma / sqrt(var + eps).
 
 The running statistics follow PyTorch: running = (1 - momentum) * running + momentum * batch,
@@ -44,16 +45,6 @@ def _channel_sum(a):
     return a.reshape(a.shape[0], a.shape[1], -1).sum(axis=2).sum(axis=0)
 
 
-def _channel_dot(a, b):
-    """Per-feature sums of a * b for (N, D) or (N, C, H, W) arrays -> (D,) / (C,), without
-    the temporary product (einsum's sum of products over H*W, then a sum over N)."""
-    xp = get_xp(a)
-    if a.ndim == 2:
-        return xp.einsum("nd,nd->d", a, b)
-    n, c = a.shape[:2]
-    return xp.einsum("ncl,ncl->nc", a.reshape(n, c, -1), b.reshape(n, c, -1)).sum(axis=0)
-
-
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, eps=1e-5):
     """Return (out, cache). In training, cache carries the batch mean/var for the running update.
 
@@ -66,8 +57,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, 
         raise ShapeError(f"batch norm in training mode needs more than 1 value per channel, "
                          f"got input {tuple(x.shape)}; use a larger batch or model.eval()")
     c = x.shape[1]
-    xhat = xp.empty_like(x)
-    out = xp.empty(x.shape, dtype=xp.result_type(x, gamma))
+    xhat = xp.empty(x.shape, dtype=x.dtype if training else xp.result_type(x, running_mean))
+    out = xp.empty(x.shape, dtype=xp.result_type(xhat, gamma))
     if training:
         mu, var = xp.empty(c, dtype=x.dtype), xp.empty(c, dtype=x.dtype)
     else:
@@ -79,7 +70,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, 
         if training:
             mu[c0:c1] = _channel_sum(xs) / x.dtype.type(m)
             xp.subtract(xs, mu[c0:c1].reshape(shape), out=xh)
-            var[c0:c1] = _channel_dot(xh, xh) / x.dtype.type(m)
+            sq = out[:, c0:c1] if out.dtype == xh.dtype else None    # out's block as scratch
+            var[c0:c1] = _channel_sum(xp.multiply(xh, xh, out=sq)) / x.dtype.type(m)
         else:
             xp.subtract(xs, mu[c0:c1].reshape(shape), out=xh)
         inv_std[c0:c1] = 1.0 / xp.sqrt(var[c0:c1] + eps)
@@ -97,15 +89,17 @@ def batchnorm_backward(dout, cache, need_dx=True, need_dw=True):
     xp = get_xp(dout)
     c = dout.shape[1]
     sums = need_dw or (need_dx and training)
-    dgamma = xp.empty(c, dtype=dout.dtype) if sums else None
+    dgamma = xp.empty(c, dtype=xp.result_type(dout, xhat)) if sums else None
     dbeta = xp.empty(c, dtype=dout.dtype) if sums else None
-    dx = xp.empty(dout.shape, dtype=xp.result_type(dout, gamma, inv_std)) if need_dx else None
+    dx_dtype = xp.result_type(xhat, dout) if training else xp.result_type(dout, gamma, inv_std)
+    dx = xp.empty(dout.shape, dtype=dx_dtype) if need_dx else None
     m = dout.size // c
 
     def block(c0, c1):
         d = dout[:, c0:c1]
         if sums:
-            dgamma[c0:c1] = _channel_dot(d, xhat[:, c0:c1])
+            scratch = dx[:, c0:c1] if need_dx and dx.dtype == dgamma.dtype else None
+            dgamma[c0:c1] = _channel_sum(xp.multiply(d, xhat[:, c0:c1], out=scratch))
             dbeta[c0:c1] = _channel_sum(d)
         if need_dx:
             scale = (gamma[c0:c1] * inv_std[c0:c1]).reshape(shape)

@@ -9,9 +9,11 @@ avg:  out = mean over the window; with ``count_include_pad`` (PyTorch's default)
 global average: (N, C, H, W) -> (N, C, 1, 1), the mean over H and W.
 
 2x2 windows with stride 2 and no padding (VGG's pools, nearly every pool in practice) take a
-faster path with the same results: max compares the two columns of each row, then the two
-rows (so ties still go to the first in row-major order), and keeps three boolean maps of the
-output's size instead of a tap index; both pools run on the convolution worker pool by
+faster path with the same results, bit for bit, NaN and infinities included: max compares the
+two columns of each row, then the two rows (so ties still go to the first in row-major order;
+a window holding a NaN outputs NaN and sends its gradient to its first pixel, as the general
+path does, where PyTorch sends it to the NaN), and keeps three boolean maps of the output's
+size instead of a tap index; both pools run on the convolution worker pool by
 channel blocks (``cnnlab.conv.threads.by_channels``).
 """
 from __future__ import annotations
@@ -70,6 +72,10 @@ def _max_pool_2x2_forward(x, g):
         bottom = xp.maximum(b0, b1)
         xp.greater(bottom, top, out=lower[:, c0:c1])
         xp.maximum(top, bottom, out=out[:, c0:c1])
+        nan = xp.isnan(out[:, c0:c1])
+        if nan.any():           # as the general path: a NaN window's gradient goes to its first pixel
+            lower[:, c0:c1][nan] = False
+            right[0, :, c0:c1][nan] = False
     by_channels(block, x)
     return out, (g, (right, lower))
 
@@ -82,12 +88,12 @@ def _max_pool_2x2_backward(dout, g, right, lower):
     def block(c0, c1):
         d = dout[:, c0:c1]
         taps = _quarters(dx[:, c0:c1], g.ho, g.wo)
-        rows = [None, xp.multiply(d, lower[:, c0:c1])]
-        rows[0] = d - rows[1]                                  # the winning row's share
-        for r in (0, 1):
-            left, rt = taps[2 * r], taps[2 * r + 1]
-            xp.multiply(rows[r], right[r, :, c0:c1], out=rt)
-            xp.subtract(rows[r], rt, out=left)
+        low = lower[:, c0:c1]
+        rows = (xp.multiply(d, ~low), xp.multiply(d, low))     # each row's share of dout
+        for r in (0, 1):         # products by masks, as the general path (inf * 0 is NaN there too)
+            rt = right[r, :, c0:c1]
+            xp.multiply(rows[r], rt, out=taps[2 * r + 1])
+            xp.multiply(rows[r], ~rt, out=taps[2 * r])
     by_channels(block, dx)
     return dx
 
