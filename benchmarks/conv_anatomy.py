@@ -154,7 +154,8 @@ def part_transforms(repeat, threads):
 
 def part_passes(repeat):
     for c, o, h, m in ((512, 512, 28, 4), (256, 512, 28, 4), (512, 512, 14, 2),
-                       (512, 512, 64, 4), (64, 64, 224, 4), (128, 128, 112, 4), (256, 256, 56, 4)):
+                       (512, 512, 64, 4), (512, 512, 128, 4), (64, 64, 224, 4),
+                       (128, 128, 112, 4), (256, 256, 56, 4)):
         g, x, w, dy = layer(c, o, h)
         a = ALGORITHMS[f"winograd{m}"]
         u = a.prepare(w, g, "forward")

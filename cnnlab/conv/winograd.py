@@ -88,7 +88,7 @@ PHASED_FLOATS = 1 << 18
 PHASED_MIN_TILES = 8
 # Phased transforms cut channels, every job taking all tiles, up to this many floats of V
 # (or M, Z) per job (``_Plan.channel_jobs``).
-PHASE_JOB_FLOATS = 1 << 18
+PHASE_JOB_FLOATS = 1 << 20
 
 
 # --------------------------------------------------------------------------- matrices
