@@ -11,7 +11,8 @@ Parts (2 threads by default, ``--threads``; times are the best of ``--repeat`` r
     malloc      PyTorch's conv1_1 (224 px, forward + both gradients) in a fresh process and
                 after a 20 MB array was freed (each in its own process, default allocator)
     transforms  the pieces of Winograd and im2col on VGG's deep layers: U, V, the GEMMs,
-                dU -> dW (all threads and one), im2col's GEMM cut two ways, its channel columns
+                dU -> dW (all threads and one), im2col's GEMM cut two ways, its channel
+                columns, and one thread's 512x512 sgemm rate against the number of columns
     sequence    each pass timed apart, in a step (forward, data gradient, weight gradient in
                 turn) and after touching 64 MB, for Winograd F4 and im2col
     passes      Winograd's three passes on VGG-sized layers (forward and data gradient with
@@ -43,7 +44,7 @@ from cnnlab.conv.chooser import Chooser  # noqa: E402
 from cnnlab.conv.gemm import _channel_columns  # noqa: E402
 from cnnlab.conv.im2col import pad_input  # noqa: E402
 from cnnlab.conv.step import StepPlan, step_backward, step_forward  # noqa: E402
-from cnnlab.conv.threads import even_blocks, parallel_map, pool_region  # noqa: E402
+from cnnlab.conv.threads import blas_threads, even_blocks, parallel_map, pool_region  # noqa: E402
 
 WARM = 0.2
 PARTS = ("alloc", "malloc", "transforms", "passes", "sequence", "plans")
@@ -150,6 +151,15 @@ def part_transforms(repeat, threads):
     print(f"im2col 512->512 at 14x14: GEMM cut by input channels {t_k:.2f} ms "
           f"({flops / t_k / 1e6:.0f} GFLOP/s), by outputs {t_o:.2f} ms "
           f"({flops / t_o / 1e6:.0f} GFLOP/s); one thread's channel columns {t_c:.2f} ms")
+    # Winograd's GEMMs are 512x512 by N tiles: how the rate of one thread's sgemm depends on N
+    u = np.random.default_rng(3).standard_normal((512, 512), dtype=np.float32)
+    rates = []
+    with blas_threads(1):
+        for n in (16, 48, 49, 196):
+            v = np.random.default_rng(4).standard_normal((512, n), dtype=np.float32)
+            t = ms(lambda: np.matmul(u, v), repeat)
+            rates.append(f"N = {n}: {2 * 512 * 512 * n / t / 1e6:.0f}")
+    print("one thread's sgemm 512x512 @ 512xN, GFLOP/s: " + ", ".join(rates))
 
 
 def part_passes(repeat):

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..backend import get_xp
 from .algorithm import ConvAlgorithm, register
-from .im2col import col2im_add, col2im_result, col2im_zeros, im2col, pad_input, tap_slices
+from .im2col import col2im_add, col2im_result, col2im_zeros, im2col, pad_input
 from .threads import even_blocks, parallel_map, pool_region, pool_threads
 
 COLS_BYTES = 64 << 20

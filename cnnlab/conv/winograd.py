@@ -87,7 +87,7 @@ FUSED_DU_BYTES = 4 << 20
 PHASED_FLOATS = 1 << 18
 PHASED_MIN_TILES = 8
 # Phased transforms cut channels, every job taking all tiles, up to this many floats of V
-# (or M, Z) per job (``_Plan.channel_jobs``).
+# (or M, Z) per job (``_Plan.channel_jobs``, ``_Plan.phase_jobs``).
 PHASE_JOB_FLOATS = 1 << 20
 
 
@@ -256,22 +256,27 @@ class _Plan:
         """range(size) in ``parts`` contiguous blocks (default: one per thread)."""
         return even_blocks(size, parts or self.nthreads)
 
-    def jobs(self, size: int) -> list:
-        """(chunk index, channel block): whole chunks when there are enough, else split channels."""
-        parts = 1 if len(self.chunks) >= self.nthreads else self.nthreads
-        return [(i, cb) for i in range(len(self.chunks)) for cb in self.blocks(size, parts)]
-
     def channel_jobs(self, size: int) -> list[tuple[int, int]] | None:
-        """Phased transforms: ``size`` channels cut into blocks that each take every tile
-        (``all_tiles``), so a job writes (or reads) its rows of V, M or Z in place, with no
-        copy of a chunk in between: a multiple of the thread count, each block's tiles within
-        PHASE_JOB_FLOATS; None where one channel's tiles exceed PHASE_JOB_FLOATS / 8 (then
-        chunks of tile rows, ``jobs``)."""
+        """``size`` channels cut into blocks that each take every tile (``all_tiles``): a
+        multiple of the thread count, each block's tiles within PHASE_JOB_FLOATS; None where
+        one channel's tiles exceed PHASE_JOB_FLOATS / 8."""
         per_channel = self.alpha ** 2 * self.total_tiles
         if 8 * per_channel > PHASE_JOB_FLOATS:
             return None
         k = max(self.nthreads, -(-size * per_channel // PHASE_JOB_FLOATS))
         return self.blocks(size, -(-k // self.nthreads) * self.nthreads)
+
+    def phase_jobs(self, size: int) -> list[tuple]:
+        """The phased transforms' jobs over ``size`` channels: (chunk, first tile column,
+        tiles, c0, c1). Channel blocks with every tile (``channel_jobs``), whose rows of V, M
+        or Z are read and written in place; else chunks of tile rows (whole chunks when there
+        are enough, else split channels too), whose parts are copied."""
+        blocks = self.channel_jobs(size)
+        if blocks is not None:
+            return [(self.all_tiles, 0, self.total_tiles, c0, c1) for c0, c1 in blocks]
+        parts = 1 if len(self.chunks) >= self.nthreads else self.nthreads
+        return [(ch, off, self.tiles(ch), c0, c1) for ch, off in zip(self.chunks, self.offsets)
+                for c0, c1 in self.blocks(size, parts)]
 
     def workspace_floats(self, c, o, weight_grad=False) -> int:
         """U, plus V and M (phased) or per-thread chunk buffers (fused): workspace_bytes."""
@@ -490,39 +495,41 @@ def winograd_conv(x, u, plan, y, reversed_=False, keep=None):
 
     parallel_map(gemm, plan.blocks(a2))
     del v
-    jobs = plan.channel_jobs(plan.o)
-    if jobs is not None:
-        parallel_map(lambda ob: _transform_output(mm[:, ob[0]:ob[1]], plan, plan.all_tiles, y,
-                                                  ob[0], ob[1], at, a_mat), jobs)
-        return y
 
     def output(job):
-        i, (o0, o1) = job
-        chunk, off, nt = plan.chunks[i], plan.offsets[i], plan.tiles(plan.chunks[i])
-        part = _SCRATCH.get("m", (a2, o1 - o0, nt), y.dtype)
-        np.copyto(part, mm[:, o0:o1, off:off + nt])
+        chunk, off, nt, o0, o1 = job
+        part = mm[:, o0:o1, off:off + nt]
+        if nt < plan.total_tiles:           # a chunk of tile rows: its part of M, contiguous
+            buf = _SCRATCH.get("m", part.shape, y.dtype)
+            np.copyto(buf, part)
+            part = buf
         _transform_output(part, plan, chunk, y, o0, o1, at, a_mat)
 
-    parallel_map(output, plan.jobs(plan.o))
+    parallel_map(output, plan.phase_jobs(plan.o))
     return y
 
 
 def _phase_input(x, plan, bt, out=None):
     """V (alpha^2, C, all tiles), transformed chunk by chunk in parallel (into ``out``)."""
     v = np.empty((plan.alpha ** 2, plan.c, plan.total_tiles), dtype=x.dtype) if out is None else out
-    jobs = plan.channel_jobs(plan.c)
-    if jobs is not None:
-        parallel_map(lambda cb: _transform_input(x, plan, plan.all_tiles, cb[0], cb[1], bt,
-                                                 out=v[:, cb[0]:cb[1]]), jobs)
-        return v
-
-    def run(job):
-        i, (c0, c1) = job
-        off, nt = plan.offsets[i], plan.tiles(plan.chunks[i])
-        v[:, c0:c1, off:off + nt] = _transform_input(x, plan, plan.chunks[i], c0, c1, bt)
-
-    parallel_map(run, plan.jobs(plan.c))
+    _phase_transform(v, plan, lambda ch, c0, c1, out=None:
+                     _transform_input(x, plan, ch, c0, c1, bt, out=out))
     return v
+
+
+def _phase_transform(dst, plan, transform):
+    """``transform(chunk, c0, c1, out=None)`` -> (alpha^2, c1-c0, the chunk's tiles), run on
+    ``plan.phase_jobs`` in parallel into ``dst`` (alpha^2, channels, all tiles): in place
+    where a job takes every tile, else through the transform's own buffer."""
+    def run(job):
+        chunk, off, nt, c0, c1 = job
+        part = dst[:, c0:c1, off:off + nt]
+        if nt == plan.total_tiles:
+            transform(chunk, c0, c1, out=part)
+        else:
+            part[...] = transform(chunk, c0, c1)
+
+    parallel_map(run, plan.phase_jobs(dst.shape[1]))
 
 
 def winograd_weight_grad(dy, x, plan, v=None):
@@ -556,18 +563,8 @@ def winograd_weight_grad(dy, x, plan, v=None):
     if v is None:
         v = _phase_input(x, plan, bt)
     z = np.empty((a2, plan.o, plan.total_tiles), dtype=x.dtype)
-    jobs = plan.channel_jobs(plan.o)
-
-    def transform_dy(job):
-        i, (o0, o1) = job
-        off, nt = plan.offsets[i], plan.tiles(plan.chunks[i])
-        z[:, o0:o1, off:off + nt] = _transform_dy(dy, plan, plan.chunks[i], o0, o1, a_mat)
-
-    if jobs is not None:
-        parallel_map(lambda ob: _transform_dy(dy, plan, plan.all_tiles, ob[0], ob[1], a_mat,
-                                              out=z[:, ob[0]:ob[1]]), jobs)
-    else:
-        parallel_map(transform_dy, plan.jobs(plan.o))
+    _phase_transform(z, plan, lambda ch, o0, o1, out=None:
+                     _transform_dy(dy, plan, ch, o0, o1, a_mat, out=out))
     du = _SCRATCH.get("U", (a2, plan.o, plan.c), x.dtype, cap=U_CAP)   # the caller's thread
 
     def gemm(xb):

@@ -50,7 +50,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo
 
 def shared_prepared(cache):
     """The transformed weight a ``for_backward`` forward kept for its data gradient (or None)."""
-    step = cache[5] if len(cache) > 5 else None
+    step = cache[5]
     return None if step is None else step.u
 
 
@@ -60,8 +60,7 @@ def conv2d_backward(dout, cache, need_dx=True, need_dw=True):
     ``need_dx=False`` skips the data gradient (first layer), ``need_dw=False`` skips the weight
     and bias gradients (frozen layers, neural style).
     """
-    x, w, has_bias, g, algo = cache[:5]
-    state = cache[5] if len(cache) > 5 else None
+    x, w, has_bias, g, algo, state = cache
     dx = dw = db = None
     if state is not None:               # a for_backward forward: its plan and what it kept
         dx, dw = step_backward(state, dout, x, w, g, need_dx, need_dw)

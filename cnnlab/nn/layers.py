@@ -119,7 +119,7 @@ class Conv2d(Module):
         out = self.conv(x, g)
         if b is not None:
             out += b.reshape(1, -1, 1, 1)
-        self._cache = (x, w, b is not None, g, self.algo)
+        self._cache = (x, w, b is not None, g, self.algo, None)    # F.conv2d_forward's layout
         return out
 
     def backward(self, dout):

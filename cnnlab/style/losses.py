@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_xp
-from ..conv.threads import blas_threads, parallel_map, pool_threads
+from ..conv.threads import blas_threads, even_blocks, parallel_map, pool_threads
 from ..errors import CnnlabError
 
 MODES = ("gatys", "johnson")
@@ -193,9 +193,8 @@ def style_loss_backward(dout, cache):
             out *= first
             if last is not None:
                 out *= last
-        bounds = np.linspace(0, m, parts + 1).astype(int)
         with blas_threads(1):
-            parallel_map(block, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])])
+            parallel_map(block, [slice(a, b) for a, b in even_blocks(m, parts)])
     else:
         df = xp.matmul(xp_diff, F_)
         df *= first
