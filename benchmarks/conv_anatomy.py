@@ -22,6 +22,13 @@ Parts (2 threads by default, ``--threads``; times are the best of ``--repeat`` r
                 its own, and round-robin as the chooser times them; what a fresh chooser
                 picks and how long that takes; and the passes that the sum-of-passes rule
                 would have added up
+    bound       a lower bound on VGG-16's five 512->512 training steps at 224 px with every
+                tile transform and column copy free: per layer the fastest of F(2x2),
+                F(4x4) (U, the GEMMs of the three passes, dU -> dW) and im2col (its three
+                GEMMs), against the time the 1.2x-sgemm target allows (numpy sgemm
+                measured in the same run); each piece timed repeated ("warm": its arrays
+                stay in cache) and after 256 MB were touched ("cold", as in a training
+                step, where the other passes' arrays have pushed them out)
 """
 from __future__ import annotations
 
@@ -44,10 +51,11 @@ from cnnlab.conv.chooser import Chooser  # noqa: E402
 from cnnlab.conv.gemm import _channel_columns  # noqa: E402
 from cnnlab.conv.im2col import pad_input  # noqa: E402
 from cnnlab.conv.step import StepPlan, step_backward, step_forward  # noqa: E402
-from cnnlab.conv.threads import blas_threads, even_blocks, parallel_map, pool_region  # noqa: E402
+from cnnlab.conv.threads import (blas_threads, even_blocks, get_num_threads,  # noqa: E402
+                                 parallel_map, pool_region)
 
 WARM = 0.2
-PARTS = ("alloc", "malloc", "transforms", "passes", "sequence", "plans")
+PARTS = ("alloc", "malloc", "transforms", "passes", "sequence", "plans", "bound")
 
 
 def ms(fn, repeat):
@@ -255,6 +263,94 @@ def part_plans(repeat):
               ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
 
 
+def _warm_cold(fn, repeat, big):
+    """(warm, cold) ms of fn: best of ``repeat`` calls in a row, and best of ``repeat`` calls
+    each after every page of ``big`` (256 MB) was written."""
+    warm = ms(fn, repeat)
+    cold = float("inf")
+    for _ in range(repeat):
+        big += 1
+        t = common.CLOCK()
+        fn()
+        cold = min(cold, common.CLOCK() - t)
+    return warm, cold * 1e3
+
+
+def _winograd_floor(c, h, m, repeat, big):
+    """[(warm, cold) ms] of F(m x m)'s unavoidable pieces in one training step of a c->c
+    layer at h x h: U, forward GEMMs, data-gradient GEMMs, weight-gradient GEMMs, dU -> dW."""
+    g, x, w, _ = layer(c, c, h)
+    plan = W._Plan(m, 1, c, h, h, c, h, h, 1, 1)
+    a2, nt = (m + 2) ** 2, plan.total_tiles
+    rng = np.random.default_rng(5)
+    u = np.empty((a2, c, c), np.float32)
+    v, z = (rng.standard_normal((a2, c, nt), dtype=np.float32) for _ in range(2))
+    out, du = np.empty((a2, c, nt), np.float32), np.empty((a2, c, c), np.float32)
+    dw = np.empty(g.w_shape, np.float32)
+    blocks = plan.blocks(a2)
+
+    def gemms(fn):   # as the phased schedule runs them: xi split across the pool
+        return lambda: parallel_map(lambda b: [fn(i) for i in range(*b)], blocks)
+
+    pieces = (lambda: W.transform_weight(w, m, out=u),
+              gemms(lambda i: np.matmul(u[i], v[i], out=out[i])),
+              gemms(lambda i: np.matmul(u[i].T, z[i], out=out[i])),
+              gemms(lambda i: np.matmul(z[i], v[i].T, out=du[i])),
+              lambda: W.weight_from_transformed(du, m, c, c, out=dw))
+    with pool_region():
+        return [_warm_cold(f, repeat, big) for f in pieces]
+
+
+def _im2col_floor(c, h, threads, repeat, big):
+    """[(warm, cold) ms] of im2col's three GEMMs in one training step of a c->c layer at
+    h x h (the columns given), each one BLAS call on ``threads`` threads."""
+    p, k = h * h, 9 * c
+    rng = np.random.default_rng(6)
+    wm, cols = (rng.standard_normal(s, dtype=np.float32) for s in ((c, k), (k, p)))
+    dy = rng.standard_normal((c, p), dtype=np.float32)
+    y, dcols, dw = (np.empty(s, np.float32) for s in ((c, p), (k, p), (c, k)))
+    pieces = (lambda: np.matmul(wm, cols, out=y), lambda: np.matmul(wm.T, dy, out=dcols),
+              lambda: np.matmul(dy, cols.T, out=dw))
+    with blas_threads(threads):
+        return [_warm_cold(f, repeat, big) for f in pieces]
+
+
+def part_bound(repeat):
+    threads = get_num_threads()
+    sgemm = common.sgemm_rate()
+    big = np.zeros(64 << 20, np.float32)
+    flops = {h: 3 * 2 * 512 * 512 * 9 * h * h for h in (28, 14)}
+    layers = {28: 2, 14: 3}                 # conv4_2, conv4_3; conv5_1 .. conv5_3
+    total_flops = sum(layers[h] * flops[h] for h in layers)
+    floors = {"warm": 0.0, "cold": 0.0}
+    gemms_only = {"warm": 0.0, "cold": 0.0}
+    for h in (28, 14):
+        cands = {f"F({m}x{m})": _winograd_floor(512, h, m, repeat, big) for m in (4, 2)}
+        cands["im2col"] = _im2col_floor(512, h, threads, repeat, big)
+        for name, parts in cands.items():
+            labels = (("U", "forward GEMMs", "data-gradient GEMMs", "weight-gradient GEMMs",
+                       "dU -> dW") if len(parts) == 5 else
+                      ("forward GEMM", "data-gradient GEMM", "weight-gradient GEMM"))
+            print(f"512->512 at {h}x{h}, {name}, ms warm / cold: " + ", ".join(
+                f"{lab} {wa:.2f} / {co:.2f}" for lab, (wa, co) in zip(labels, parts)))
+        for j, state in enumerate(("warm", "cold")):
+            sums = {k: sum(p[j] for p in parts) for k, parts in cands.items()}
+            gemm = {k: sum(p[j] for p in (parts[1:4] if len(parts) == 5 else parts))
+                    for k, parts in cands.items()}
+            best = min(sums, key=sums.get)
+            floors[state] += layers[h] * sums[best]
+            gemms_only[state] += layers[h] * min(gemm.values())
+            print(f"    floor per step, {state}: {best} {sums[best]:.2f} ms "
+                  f"({flops[h] / sums[best] / 1e6:.0f} GFLOP/s)")
+    allowed = total_flops / (1.2 * sgemm * 1e9) * 1e3
+    print(f"five 512->512 layers (conv4_2, conv4_3, conv5_x), {total_flops / 1e9:.1f} GFLOP per "
+          f"step; 1.2x the sgemm rate measured here ({sgemm:.0f} GFLOP/s) allows {allowed:.1f} ms")
+    for state in ("warm", "cold"):
+        print(f"    {state}: floor {floors[state]:.1f} ms = "
+              f"{total_flops / floors[state] / 1e6 / sgemm:.2f}x sgemm; GEMMs alone "
+              f"{gemms_only[state]:.1f} ms = {total_flops / gemms_only[state] / 1e6 / sgemm:.2f}x")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("parts", nargs="*", metavar="PART",
@@ -280,8 +376,10 @@ def main(argv=None) -> int:
             part_passes(args.repeat)
         elif part == "sequence":
             part_sequence(args.repeat)
-        else:
+        elif part == "plans":
             part_plans(args.repeat)
+        else:
+            part_bound(args.repeat)
     return 0
 
 

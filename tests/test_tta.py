@@ -260,6 +260,8 @@ def test_eval_refuses_ensembles_that_do_not_match(capsys, runs):
     (["--tta", "10crop", "--tta-pad", "-1"], ["--tta-pad must be >= 0"]),
     (["--tta", "sideways"], ["invalid choice", "sideways"]),
     (["--no-flips"], ["--no-flips", "10crop"]),
+    (["--flips"], ["--flips", "10crop"]),
+    (["--tta", "10crop", "--flips", "--no-flips"], ["not allowed with"]),
 ])
 def test_eval_bad_tta_options(capsys, runs, argv, words):
     code, _, err = run(capsys, "eval", str(runs / "a"), *argv)
@@ -284,7 +286,37 @@ def test_eval_tta_takes_larger_images_but_not_smaller_ones(capsys, runs, tmp_pat
     code, stdout, err = run(capsys, "eval", str(runs / "a"), "--data", str(large), "--tta",
                             "multiscale")
     assert code == 0, err
-    assert "(12 images, multiscale TTA at scales 28/32/48/60/80)" in stdout
+    # run a trained with --augment affine (no flips): the mirrored crops are left out
+    assert "(12 images, multiscale TTA without mirrors at scales 28/32/48/60/80)" in stdout
     code, stdout, err = run(capsys, "eval", str(runs / "a"), "--data", str(large), "--tta",
                             "10crop", "--no-flips", "--tta-pad", "0")
     assert code == 0 and "(12 images, 10crop TTA without mirrors)" in stdout, err
+
+
+def test_eval_mirrors_follow_the_training_augmentation(capsys, runs, tmp_path):
+    """TTA's mirrored crops by default only for a model trained with flips; --flips and
+    --no-flips decide otherwise, and each model of an ensemble follows its own training."""
+    from cnnlab.cli import main
+    from cnnlab.train.commands import evaluate_checkpoint
+    flipped = tmp_path / "flipped"
+    assert main(["train", "--epochs", "1", "--limit", "300", "--seed", "3", "--augment",
+                 "shift+flip", "--quiet", "--out", str(flipped)]) == 0
+    capsys.readouterr()
+    plain = evaluate_checkpoint(runs / "a", limit=50, tta="10crop", return_proba=True)
+    forced = evaluate_checkpoint(runs / "a", limit=50, tta="10crop", flips=True,
+                                 return_proba=True)
+    without = evaluate_checkpoint(runs / "a", limit=50, tta="10crop", flips=False,
+                                  return_proba=True)
+    assert plain["flips"] is False and forced["flips"] is True
+    assert np.array_equal(plain["proba"], without["proba"])
+    assert not np.allclose(plain["proba"], forced["proba"])
+    assert evaluate_checkpoint(flipped, limit=50, tta="10crop")["flips"] is True
+    code, stdout, err = run(capsys, "eval", str(runs / "a"), "--limit", "50", "--tta", "10crop",
+                            "--flips")
+    assert code == 0 and "10crop TTA)" in stdout, err
+    code, stdout, err = run(capsys, "eval", str(runs / "a"), str(flipped), "--limit", "50",
+                            "--tta", "10crop")
+    lines = stdout.strip().splitlines()
+    assert code == 0 and len(lines) == 3, err
+    assert "without mirrors" in lines[0] and "without mirrors" not in lines[1]
+    assert "with mirrors as each model was trained" in lines[2]

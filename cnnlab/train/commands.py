@@ -3,7 +3,8 @@
     cnnlab train [--model lenet] [--data mnist-5k] [--epochs N] [--batch-size B]
                  [--optimizer adam] [--lr LR] [--seed S] [--out DIR] [--resume [RUN]] ...
     cnnlab eval CHECKPOINT [CHECKPOINT ...] [--data SPEC] [--split test]
-                [--tta none|10crop|multiscale] [--tta-pad P] [--scales S [S ...]] [--no-flips]
+                [--tta none|10crop|multiscale] [--tta-pad P] [--scales S [S ...]]
+                [--flips | --no-flips]
                 [--json FILE]
 
 ``cnnlab eval`` with several checkpoints also reports their ensemble (the mean of their
@@ -177,9 +178,14 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--scales", type=int, metavar="S", nargs="+", default=None,
                    help="short sides for --tta multiscale, each >= the model input (default: "
                         "224, 256, 384, 480, 640 scaled by input/224, e.g. 28 32 48 60 80)")
-    p.add_argument("--no-flips", dest="flips", action="store_false",
-                   help="with --tta: leave out the mirrored crops (5 per scale instead of 10), "
-                        "for classes a left-right flip changes, such as digits")
+    mirrors = p.add_mutually_exclusive_group()
+    mirrors.add_argument("--flips", dest="flips", action="store_const", const=True,
+                         default=None,
+                         help="with --tta: include the mirrored crops (10 per scale). Default: "
+                              "only for a checkpoint trained with flips (--augment shift+flip)")
+    mirrors.add_argument("--no-flips", dest="flips", action="store_const", const=False,
+                         help="with --tta: leave out the mirrored crops (5 per scale instead of "
+                              "10), for classes a left-right flip changes, such as digits")
     p.add_argument("--json", metavar="FILE", default=None,
                    help="also write every result (per checkpoint and ensemble) to FILE as JSON")
     _add_threads_option(p)
@@ -507,8 +513,9 @@ def _check_eval_options(args) -> None:
             raise CnnlabError(f"--tta-pad must be >= 0, got {args.tta_pad}")
     if args.scales is not None and args.tta != "multiscale":
         raise CnnlabError("--scales applies to --tta multiscale only; add --tta multiscale")
-    if not args.flips and args.tta == "none":
-        raise CnnlabError("--no-flips applies to --tta 10crop or multiscale; add one of them")
+    if args.flips is not None and args.tta == "none":
+        flag = "--flips" if args.flips else "--no-flips"
+        raise CnnlabError(f"{flag} applies to --tta 10crop or multiscale; add one of them")
 
 
 def check_ensemble(ckpts, data: str | None = None) -> None:
@@ -540,7 +547,9 @@ def ensemble_result(results: list[dict]) -> dict:
     first = results[0]
     return {"models": len(results), "checkpoints": [str(r["checkpoint"]) for r in results],
             "data": first["data"], "split": first["split"], "images": first["images"],
-            "tta": first["tta"], "flips": first["flips"],
+            "tta": first["tta"],
+            "flips": first["flips"] if all(r["flips"] == first["flips"] for r in results)
+            else "per model",
             "scales": first["scales"] if all(r["scales"] == first["scales"] for r in results)
             else None,
             "loss": nll(proba, labels), "acc": accuracy(proba, labels),
@@ -550,7 +559,9 @@ def ensemble_result(results: list[dict]) -> dict:
 def _tta_text(result: dict) -> str:
     if result.get("tta", "none") == "none":
         return ""
-    text = f", {result['tta']} TTA" + ("" if result.get("flips", True) else " without mirrors")
+    flips = result.get("flips", True)
+    text = f", {result['tta']} TTA" + {True: "", False: " without mirrors"}.get(
+        flips, " with mirrors as each model was trained")
     if result.get("scales"):
         text += " at scales " + "/".join(str(s) for s in result["scales"])
     return text
@@ -576,7 +587,7 @@ def _write_eval_json(args, results: list[dict], summary: dict | None) -> None:
 def evaluate_checkpoint(path, data: str | None = None, split: str = "test",
                         limit: int | None = None, batch_size: int = 500, *,
                         tta: str = "none", pad: int | None = None, scales=None,
-                        flips: bool = True, return_proba: bool = False) -> dict:
+                        flips: bool | None = None, return_proba: bool = False) -> dict:
     """Loss and accuracy of the checkpoint at ``path`` (a file, a run folder or a loaded
     Checkpoint) on ``data`` (default: the data set it was trained on).
 
@@ -584,9 +595,11 @@ def evaluate_checkpoint(path, data: str | None = None, split: str = "test",
     "pad", "scales", "flips"}. With tta "none" and not ``return_proba``, loss and accuracy come
     from :meth:`Trainer.evaluate` (mean cross-entropy, float32). Otherwise the probabilities
     come from :func:`~cnnlab.train.evaluation.predict_proba` with ``tta``, ``pad``, ``scales``
-    and ``flips``
-    (batch_size: crops per forward pass) and the loss is their mean negative log-likelihood
-    (float64); ``return_proba`` adds "proba" (N, classes) and "labels" (N,).
+    and ``flips`` (batch_size: crops per forward pass) and the loss is their mean negative
+    log-likelihood (float64); ``return_proba`` adds "proba" (N, classes) and "labels" (N,).
+    ``flips`` None (the default): the mirrored crops only if the checkpoint was trained with
+    flips (:func:`trained_with_flips`); mirror images of what a model never saw mirrored (a
+    digit) cost accuracy instead of adding views.
     """
     from ..data import load_dataset
     model, ckpt = build_from_checkpoint(path)
@@ -604,6 +617,8 @@ def evaluate_checkpoint(path, data: str | None = None, split: str = "test",
         used_pad = DEFAULT_PAD if pad is None else int(pad)
         if tta == "multiscale":
             used_scales = list(scales) if scales is not None else list(default_scales(size))
+    if flips is None:
+        flips = trained_with_flips(ckpt)
     proba = None
     if tta == "none" and not return_proba:
         trainer = Trainer(model, mean=norm.get("mean"), std=norm.get("std"), progress=False,
@@ -629,6 +644,13 @@ def evaluate_checkpoint(path, data: str | None = None, split: str = "test",
     if return_proba:
         result["proba"], result["labels"] = proba, np.asarray(ds.labels)
     return result
+
+
+def trained_with_flips(ckpt) -> bool:
+    """Whether the checkpoint's training augmentation mirrored images (an --augment with
+    "flip" in its name); True where the checkpoint does not record its augmentation."""
+    augment = (ckpt.config.get("train") or {}).get("augment")
+    return True if augment is None else "flip" in str(augment)
 
 
 def check_data_fits(ckpt, ds, spec: str, tta: str = "none") -> None:

@@ -20,7 +20,8 @@ p(y | x) = (1/K) sum_k softmax(f(crop_k(x))):
 
 ``flips=False`` drops the mirrored crops (5 per scale instead of 10): for classes that a
 left-right flip changes, such as digits (on mnist-5k, LeNets lose about 3 points with the
-mirrored crops and gain a little without them; see docs/tricks.md).
+mirrored crops and gain a little without them; see docs/tricks.md). ``cnnlab eval`` decides
+from the checkpoint's training augmentation (``commands.trained_with_flips``).
 
 Images are uint8 (N, H, W) or (N, H, W, C), scaled to [0, 1] and normalised with the
 checkpoint's ``mean``/``std`` after cropping (padding is 0 before normalisation, as in
