@@ -578,15 +578,29 @@ def test_select_step_forced_filed_and_measured(tmp_path):
     # measured: whole steps of each candidate plan, the fastest kept, and filed on disk
     fresh = Chooser()
     fresh.enable_disk_cache(tmp_path / "algos.json")
+    lines = []
+    fresh.notify = lines.append
     p = fresh.select_step(g)
     key = cache_key(g, "step|dx|dw", np.float32, fresh.workspace_limit)
     choice = fresh.choices[key]
     assert choice.how == "measured" and len(choice.times_ms) >= 2
     assert choice.algo == min(choice.times_ms, key=choice.times_ms.get) == p.code()
     assert chooser.StepPlan.from_code(p.code()) == p
+    # one line for the whole selection (its passes' timings included), none when filed
+    assert len(lines) == 1 and p.describe() in lines[0], lines
+    assert "x 1x32x24x24, w 32x32x3x3, pad 1" in lines[0]
+    assert f"{len(choice.times_ms)} plans timed as whole steps" in lines[0]
+    fresh.select_step(g)
     again = Chooser()
     again.enable_disk_cache(tmp_path / "algos.json")
+    again.notify = lines.append
     assert again.select_step(g) == p and again.choices[key].how == "disk"
+    assert len(lines) == 1
+    # a pass chosen on its own reports itself
+    g2 = ConvGeometry.of((1, 16, 32, 32), (16, 16, 3, 3), padding=1)
+    pick = fresh.select(g2, "backward_data")
+    assert len(lines) == 2 and lines[1].startswith("conv chooser: backward data of x 1x16x32x32")
+    assert f": {pick.name} (" in lines[1]
 
 
 def test_training_step_keeps_v_with_identical_results():

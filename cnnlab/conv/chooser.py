@@ -33,7 +33,9 @@ library versions, the BLAS and the thread count, so a cache copied from
 another machine is ignored rather than trusted.
 
 All of this state lives in one explicit object, ``CHOOSER`` (a :class:`Chooser`);
-the module functions are shortcuts to it.
+the module functions are shortcuts to it. Its ``notify`` (None by default) receives one line
+per measurement (what was timed, how long it took, what won): ``cnnlab train`` and ``cnnlab
+eval`` print them, since the first step of a large network can spend tens of seconds here.
 """
 from __future__ import annotations
 
@@ -205,6 +207,17 @@ def fft_worth_trying(g) -> bool:
     return cost < FFT_COST_RATIO * g.flops
 
 
+def _short(g) -> str:
+    """A convolution in one line: "x 1x512x28x28, w 512x512x3x3, pad 1" (stride, dilation
+    and groups only where not 1)."""
+    text = "x " + "x".join(map(str, g.x_shape)) + ", w " + "x".join(map(str, g.w_shape))
+    for name, value in (("stride", g.stride), ("pad", g.padding), ("dilation", g.dilation)):
+        if name == "pad" or value != (1, 1):
+            text += f", {name} " + (str(value[0]) if value[0] == value[1] else
+                                    f"{value[0]}x{value[1]}")
+    return text + (f", groups {g.groups}" if g.groups != 1 else "")
+
+
 def heuristic(g, pass_: str, candidates: list[str]) -> str:
     """The unmeasured guess: Winograd F(4x4) for 3x3 layers with enough channels and pixels,
     FFT for big kernels on big images, im2col otherwise."""
@@ -235,6 +248,9 @@ class Chooser:
         self.choices: dict[str, Choice] = {}
         self._disk: dict[str, dict] | None = None
         self._fingerprint: tuple[str, str] | None = None
+        self.notify = None          # callable(str): one line per measurement (module doc)
+        self._quiet_depth = 0       # > 0 while a step selection runs (it reports once)
+        self._timings = 0           # measurements so far (passes and steps)
 
     # -- selection ---------------------------------------------------------------------
     def select(self, g, pass_: str, algo: str = "auto", dtype=None, prepared: bool = False,
@@ -279,6 +295,21 @@ class Chooser:
         step says which wins. Without measurements (heuristic choices, too small a layer)
         the passes' own picks are used, sharing U and keeping the input where two passes
         picked the same algorithm that can (this is also what a forced algorithm does)."""
+        t0, timings = time.perf_counter(), self._timings
+        self._quiet_depth += 1      # the passes' own measurements count into the step's line
+        try:
+            plan, compared = self._select_step(g, algo, dtype, need_dx, need_dw)
+        finally:
+            self._quiet_depth -= 1
+        if self._timings > timings and not self._quiet_depth:
+            how = (f"{compared} plans timed as whole steps" if compared
+                   else "passes timed apart")
+            self._announce(f"training step of {_short(g)}: {plan.describe()} "
+                           f"({how}, {time.perf_counter() - t0:.1f} s)")
+        return plan
+
+    def _select_step(self, g, algo, dtype, need_dx, need_dw):
+        """select_step's (plan, number of plans it timed as whole steps, 0 if none)."""
         fwd = self.select(g, "forward", algo, dtype)
         bwd = self.select(g, "backward_data", algo, dtype) if need_dx else None
         bww = self.select(g, "backward_weight", algo, dtype) if need_dw else None
@@ -291,7 +322,7 @@ class Chooser:
 
         plain = StepPlan(fwd, bwd, bww, shares(fwd, bwd), keeps(fwd, bww))
         if (algo or "auto") != "auto" or self.default_algo != "auto":
-            return plain
+            return plain, 0
         dtype = np.dtype(dtype or np.float32)
         key = cache_key(g, "step" + ("|dx" if need_dx else "") + ("|dw" if need_dw else ""),
                         dtype, self.workspace_limit)
@@ -304,11 +335,11 @@ class Chooser:
             plan = StepPlan.from_code(hit.algo)
             if plan is not None and self._plan_ok(plan, g, dtype, need_dx, need_dw):
                 self.choices[key] = hit
-                return plan
+                return plan, 0
         cf = self.choose(g, "forward", dtype)
         best_fwd = cf.times_ms.get(cf.algo)
         if best_fwd is None:
-            return plain
+            return plain, 0
         plans = {plain.code(): plain}
         for name, t_fwd in cf.times_ms.items():
             if name not in ALGORITHMS or t_fwd > STEP_FORWARD_SLACK * best_fwd:
@@ -331,12 +362,12 @@ class Chooser:
                         p = StepPlan(a, bd, bw, share, keep)
                         plans.setdefault(p.code(), p)
         if len(plans) == 1:
-            return plain
+            return plain, 0
         choice = self._measure_steps(g, dtype, plans, need_dx, need_dw)
         self.choices[key] = choice
         if self.cache_file is not None:
             self._save(key, choice)
-        return plans[choice.algo]
+        return plans[choice.algo], len(plans)
 
     def _measure_steps(self, g, dtype, plans, need_dx, need_dw) -> Choice:
         """Time whole steps of each plan (as ``_measure`` times passes)."""
@@ -351,6 +382,7 @@ class Chooser:
                 step_backward(state, dy, x, w, g, need_dx, need_dw)
             return run
 
+        self._timings += 1
         return self._time_runs({code: runner(plan) for code, plan in plans.items()},
                                self.repeats + STEP_EXTRA_REPEATS)
 
@@ -440,7 +472,14 @@ class Chooser:
         elif not self.measure or g.macs < TINY_MACS:
             choice = Choice(heuristic(g, pass_, names), "heuristic")
         else:
+            t0 = time.perf_counter()
             choice = self._measure(g, pass_, dtype, names, prepared)
+            self._timings += 1
+            if not self._quiet_depth:
+                self._announce(f"{pass_.replace('_', ' ')} of {_short(g)}"
+                               f"{' (prepared weights)' if prepared else ''}: {choice.algo} "
+                               f"({len(choice.times_ms)} algorithms timed, "
+                               f"{time.perf_counter() - t0:.1f} s)")
         self.choices[key] = choice
         if choice.how == "measured" and self.cache_file is not None:
             self._save(key, choice)
@@ -456,6 +495,10 @@ class Chooser:
         order = [first] + [n for n in names if n != first]
         return self._time_runs({n: _runner(ALGORITHMS[n], pass_, args, g, prepared)
                                 for n in order})
+
+    def _announce(self, line: str) -> None:
+        if self.notify is not None:
+            self.notify("conv chooser: " + line)
 
     # -- disk cache ----------------------------------------------------------------------
     def fingerprint(self) -> tuple[str, str]:

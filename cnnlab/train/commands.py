@@ -228,7 +228,7 @@ def threads(n: int | None):
 # -- train --------------------------------------------------------------------------------
 def train_command(args: argparse.Namespace) -> int:
     """Run ``cnnlab train``; returns the exit code (errors are raised as CnnlabError)."""
-    use_conv_cache()
+    use_conv_cache(report=not args.quiet)
     ckpt = None
     if args.resume is not None:
         ckpt, settings, out_dir = _resume_settings(args)
@@ -310,15 +310,23 @@ def _per_model(key: str) -> str:
     return "".join(f"; {m}: {d[key]}" for m, d in MODEL_DEFAULTS.items() if key in d)
 
 
-def use_conv_cache() -> None:
+def use_conv_cache(report: bool = True) -> None:
     """Keep the convolution algorithms "auto" measures on disk ($CNNLAB_CACHE/conv_algos.json).
 
     Besides saving the measurements, this makes every run on this machine use the same
     algorithms, and so the same rounding: two runs with the same seed, or a stopped run
-    resumed and one left alone, end with identical weights.
+    resumed and one left alone, end with identical weights. ``report``: print a line on
+    stderr for each new measurement (the layer, what won, how long the timing took), above
+    any progress bar; measurements found on disk are not timed again and print nothing.
     """
-    from ..conv import enable_disk_cache
+    from ..conv import CHOOSER, enable_disk_cache
     enable_disk_cache()
+    CHOOSER.notify = _print_above_bars if report else None
+
+
+def _print_above_bars(line: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(f"cnnlab: {line}", file=sys.stderr)
 
 
 def _check_settings(s: dict) -> None:
