@@ -11,8 +11,8 @@ Settings (all 3x3, stride 1, padding 1, float32):
 
 For each layer and pass: the algorithm "auto" chose (and how: measured, heuristic, ...),
 its time, its effective GFLOP/s (direct-convolution FLOPs / time) and workspace; the
-time of every other algorithm asked for ("skip": fft where its flop estimate exceeds the
-direct convolution's, see ``cnnlab.conv.chooser.fft_worth_trying``; ``--all`` times it
+time of every other algorithm asked for ("skip": fft where its flop estimate is at least
+0.4x the direct convolution's, see ``cnnlab.conv.chooser.fft_worth_trying``; ``--all`` times it
 anyway); PyTorch's time for the same pass
 (``F.conv2d``, ``torch.nn.grad.conv2d_input`` / ``conv2d_weight``). Per layer, the
 total of auto's passes against ``F.conv2d`` + its autograd backward (the gradients

@@ -9,9 +9,10 @@ layer's transformed weights, and docs/convolution.md for when each wins.
 """
 from . import direct, fft, gemm, winograd  # noqa: F401 - registers the algorithms
 from .algorithm import ALGORITHMS, PASSES, ConvAlgorithm, register
-from .chooser import (CHOOSER, Choice, Chooser, clear_choices, default_algo, disable_disk_cache,
-                      eligible, enable_disk_cache, explain, get_default_algo, get_workspace_limit,
-                      select, select_step, set_default_algo, set_workspace_limit)
+from .chooser import (CHOOSER, Choice, Chooser, check_algo_name, clear_choices, default_algo,
+                      disable_disk_cache, eligible, enable_disk_cache, explain, get_default_algo,
+                      get_workspace_limit, select, select_step, set_default_algo,
+                      set_workspace_limit)
 from .geometry import ConvGeometry
 from .im2col import col2im, im2col
 from .prepared import WeightCache
@@ -22,4 +23,4 @@ __all__ = ["ALGORITHMS", "PASSES", "ConvAlgorithm", "ConvGeometry", "register", 
            "eligible", "im2col", "col2im", "CHOOSER", "Chooser", "Choice", "explain",
            "set_default_algo", "get_default_algo", "default_algo", "set_workspace_limit",
            "get_workspace_limit", "enable_disk_cache", "disable_disk_cache", "clear_choices",
-           "get_num_threads", "set_num_threads", "WeightCache"]
+           "get_num_threads", "set_num_threads", "WeightCache", "check_algo_name"]

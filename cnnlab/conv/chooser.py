@@ -96,12 +96,17 @@ def _check_pass(pass_):
         raise ValueError(f"unknown convolution pass {pass_!r}; use one of {PASSES}")
 
 
-def _forced(g, pass_, algo, origin=""):
-    if algo not in ALGORITHMS:
+def check_algo_name(algo, origin: str = "") -> None:
+    """Raise UnsupportedConfigError unless ``algo`` is None, "auto" or a registered name."""
+    if algo is not None and algo != "auto" and algo not in ALGORITHMS:
         raise UnsupportedConfigError(
             f"unknown convolution algorithm {algo!r}{origin}; "
             f"choose one of {sorted(ALGORITHMS)} or 'auto'"
         )
+
+
+def _forced(g, pass_, algo, origin=""):
+    check_algo_name(algo, origin)
     a = ALGORITHMS[algo]
     reason = a.supports(g, pass_)
     if reason is not None:
@@ -170,10 +175,10 @@ def machine_fingerprint() -> tuple[str, str]:
 
 
 def default_cache_path() -> Path:
-    """$CNNLAB_CACHE/conv_algos.json, or ~/.cache/cnnlab/conv_algos.json."""
-    root = os.environ.get(ENV_CACHE)
-    base = Path(root) if root else Path.home() / ".cache" / "cnnlab"
-    return base / "conv_algos.json"
+    """$CNNLAB_CACHE/conv_algos.json, or ~/.cache/cnnlab/conv_algos.json
+    (:func:`cnnlab.download.cache_dir`)."""
+    from ..download import cache_dir
+    return cache_dir() / "conv_algos.json"
 
 
 PASS_INPUTS = {"forward": ("x", "w"), "backward_data": ("dy", "w"),
@@ -507,18 +512,28 @@ class Chooser:
         return self._fingerprint
 
     def _read_file(self) -> dict:
+        """The cache file's content with anything malformed left out (an unreadable file,
+        another format, a machine section or entry of the wrong shape): what is left is
+        what the next save writes back."""
+        machines = {}
         try:
             data = json.loads(self.cache_file.read_text())
-            if isinstance(data, dict) and data.get("format") == CACHE_FORMAT:
-                return data
+            if isinstance(data, dict) and data.get("format") == CACHE_FORMAT \
+                    and isinstance(data.get("machines"), dict):
+                for fp, section in data["machines"].items():
+                    if isinstance(section, dict) and isinstance(section.get("choices"), dict):
+                        machines[fp] = {
+                            "machine": str(section.get("machine", "")),
+                            "choices": {k: e for k, e in section["choices"].items()
+                                        if _valid_entry(e)}}
         except (OSError, ValueError):
             pass
-        return {"format": CACHE_FORMAT, "machines": {}}
+        return {"format": CACHE_FORMAT, "machines": machines}
 
     def _disk_entries(self) -> dict:
         if self._disk is None:
             data = self._read_file()
-            section = data.get("machines", {}).get(self.fingerprint()[0], {})
+            section = data["machines"].get(self.fingerprint()[0], {})
             self._disk = dict(section.get("choices", {}))
         return self._disk
 
@@ -550,7 +565,7 @@ class Chooser:
             pass  # an unwritable cache only costs a re-measurement next time
 
     def enable_disk_cache(self, path=None) -> Path:
-        self.cache_file = Path(path) if path is not None else default_cache_path()
+        self.cache_file = Path(path).expanduser() if path is not None else default_cache_path()
         self._disk = None
         return self.cache_file
 
@@ -562,6 +577,15 @@ class Chooser:
         """Forget the in-memory choices (the disk cache file is left alone)."""
         self.choices.clear()
         self._disk = None
+
+
+def _valid_entry(entry) -> bool:
+    """A filed choice: {"algo": str, "how": ..., "times_ms": {str: number}} (times optional)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("algo"), str):
+        return False
+    times = entry.get("times_ms", {})
+    return isinstance(times, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in times.values())
 
 
 def _initial_default() -> str:
@@ -615,7 +639,8 @@ def default_algo(name: str):
 
 
 def set_workspace_limit(nbytes: int | None) -> None:
-    """Auto skips algorithms needing more than ``nbytes`` of workspace (None: no limit)."""
+    """Auto skips algorithms needing more than ``nbytes`` of workspace (None: no limit).
+    Where none fits, it takes the one needing least (``Choice.how == "only"``), not none."""
     if nbytes is not None and nbytes < 0:
         raise ValueError(f"workspace limit must be >= 0 bytes or None, got {nbytes}")
     CHOOSER.workspace_limit = nbytes

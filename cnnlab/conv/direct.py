@@ -2,7 +2,8 @@
 
     y[n, o, i, j] = sum_{c, p, q} x_pad[n, c, i*SH + p*DH, j*SW + q*DW] * w[o, c, p, q]
 
-Each tap (p, q) is one einsum over channels; no workspace beyond the padded input.
+Each tap (p, q) is one einsum over channels; workspace: the padded input and one tap's
+slice and product (``workspace_bytes``).
 """
 from __future__ import annotations
 
@@ -57,9 +58,14 @@ class Direct(ConvAlgorithm):
         return dw
 
     def workspace_bytes(self, g, pass_, itemsize):
-        if not any(g.padding):
-            return 0
-        return g.n * g.c * (g.h + 2 * g.padding[0]) * (g.w + 2 * g.padding[1]) * itemsize
+        """The padded input (the data gradient: the padded dx its result is a view of), one
+        tap's input slice (N, C, HO, WO) and, for the forward, einsum's output-sized product."""
+        pad = g.n * g.c * (g.h + 2 * g.padding[0]) * (g.w + 2 * g.padding[1])
+        tap = g.n * g.c * g.ho * g.wo
+        if pass_ == "backward_data":
+            return (pad + 2 * tap) * itemsize
+        product = g.n * g.o * g.ho * g.wo if pass_ == "forward" else 0
+        return ((pad if any(g.padding) else 0) + tap + product) * itemsize
 
 
 register(Direct())

@@ -18,8 +18,9 @@ Cost: transforms O(N C S log S) + O(O C S log S), products 8 N O C |F| real
 flops, independent of the kernel size: FFT wins for large kernels on large
 images and loses to Winograd/im2col for 3x3 (see docs/convolution.md).
 Memory: the kernel spectra (O, C, F) complex numbers (a 512x512 layer at
-28x28 needs 1 GiB), so output channels are processed in blocks of at most
-BLOCK_BYTES of spectra; ``workspace_bytes`` reports the total.
+28x28 needs 1 GiB), so output channels (input channels for the data gradient) are
+processed in blocks whose kernel spectra, their real block matrix and the block's
+products together stay within BLOCK_BYTES; ``workspace_bytes`` reports the peak.
 Groups: each group is an independent convolution on channel views.
 
 Prepared weights (``prepare``): the kernel spectra of each group as the real block
@@ -37,7 +38,7 @@ from .algorithm import ConvAlgorithm, register
 from .im2col import pad_input
 from .threads import get_num_threads
 
-BLOCK_BYTES = 64 << 20  # kernel spectra held at once, per block of output channels
+BLOCK_BYTES = 64 << 20  # per block of channels: its kernel spectra, block matrix and products
 
 
 def fft_shape(g) -> tuple[int, int]:
@@ -112,6 +113,20 @@ def _blocks(total: int, per_item_bytes: int) -> list[tuple[int, int]]:
     return [(a, min(total, a + step)) for a in range(0, total, step)]
 
 
+def _item_bytes(pass_, g, s, itemsize) -> int:
+    """Peak bytes one channel of a block adds (output channels; input channels for the data
+    gradient): forward / data gradient: the kernel spectra (complex) and their real block
+    matrix (twice that), the products as real rows and as complex spectra, and the inverse
+    FFT's output; weight gradient: the dy block matrix and the product, twice."""
+    sh, sw = s
+    nf = sh * (sw // 2 + 1)
+    og, cg = g.o // g.groups, g.c // g.groups
+    if pass_ == "backward_weight":
+        return (4 * g.n + 4 * cg) * nf * itemsize
+    other = cg if pass_ == "forward" else og
+    return ((6 * other + 4 * g.n) * nf + g.n * sh * sw) * itemsize
+
+
 def _tap_dft(s, kh, kw, dtype):
     """E (SH*SF, KH*KW) with  dw[k] = Re(sum_f DW[f] E[f, k])  = irfft2(DW)[p, q] at the taps."""
     sh, sw = s
@@ -141,9 +156,12 @@ class FFTConv(ConvAlgorithm):
         dtype = np.result_type(x, w)
         y = np.empty(g.y_shape, dtype=dtype)
         xs_all = _rfft2(pad_input(x, g), s)                            # (N, C, SH, SF)
+        item = _item_bytes("forward", g, s, np.dtype(dtype).itemsize)
         for i, (c0, c1, o0, o1) in enumerate(self._groups(g)):
             xf = _rows(xs_all[:, c0:c1])                                # (F, N, 2Cg)
-            for b0, b1 in _blocks(o1 - o0, (c1 - c0) * xf.shape[0] * 16):
+            blocks = [(0, o1 - o0)] if prepared is not None else _blocks(o1 - o0, item)
+            for b0, b1 in blocks:
+                wb = yf = None                  # the last block's, freed before the next
                 if prepared is not None:                                # one block: all of Og
                     wb = prepared[i]
                 else:
@@ -158,9 +176,12 @@ class FFTConv(ConvAlgorithm):
         dtype = np.result_type(dy, w)
         dx = np.empty(g.x_shape, dtype=dtype)
         dys_all = _rfft2(dy, s)                                         # (N, O, SH, SF)
+        item = _item_bytes("backward_data", g, s, np.dtype(dtype).itemsize)
         for i, (c0, c1, o0, o1) in enumerate(self._groups(g)):
             dyf = _rows(dys_all[:, o0:o1])                              # (F, N, 2Og)
-            for b0, b1 in _blocks(c1 - c0, (o1 - o0) * dyf.shape[0] * 16):
+            blocks = [(0, c1 - c0)] if prepared is not None else _blocks(c1 - c0, item)
+            for b0, b1 in blocks:
+                wb = dxf = None                 # the last block's, freed before the next
                 if prepared is not None:                                # one block: all of Cg
                     wb = prepared[i]
                 else:
@@ -199,10 +220,12 @@ class FFTConv(ConvAlgorithm):
         taps_ri = np.ascontiguousarray(taps_ri, dtype=dtype)
         xs_all = _rfft2(pad_input(x, g), s)
         dys_all = _rfft2(dy, s)
+        item = _item_bytes("backward_weight", g, s, np.dtype(dtype).itemsize)
         for c0, c1, o0, o1 in self._groups(g):
             xf = _rows(xs_all[:, c0:c1].transpose(1, 0, 2, 3))          # (F, Cg, 2N): X^T
             nf = xf.shape[0]
-            for b0, b1 in _blocks(o1 - o0, (c1 - c0) * nf * 16):
+            for b0, b1 in _blocks(o1 - o0, item):
+                dyb = dwf = parts = None        # the last block's, freed before the next
                 dyb = _block(dys_all[:, o0 + b0:o0 + b1], conj=True)     # (F, 2N, 2Ob)
                 dwf = np.matmul(xf, dyb)                                # (F, Cg, 2Ob): X^T conj(DY)
                 cb, ob = c1 - c0, b1 - b0
@@ -213,21 +236,27 @@ class FFTConv(ConvAlgorithm):
         return dw
 
     def workspace_bytes(self, g, pass_, itemsize):
-        sh, sw = fft_shape(g)
-        nf = sh * (sw // 2 + 1)
-        cplx = 2 * itemsize
+        """Peak extra memory of one pass (not counting its output): the padded input, the
+        input's (dy's) spectra and their frequency-major rows for one group, and one block
+        (``_item_bytes`` per channel; the weight gradient also keeps dy's spectra and its
+        (F, KH*KW) tap matrix)."""
+        s = fft_shape(g)
+        nf = s[0] * (s[1] // 2 + 1)
         og, cg = g.o // g.groups, g.c // g.groups
-        if pass_ == "backward_data":
-            spectra = g.n * (g.o + g.c) * nf * cplx          # DY spectra, DX of one block
-            kernel_items, per_item = cg, og * nf * 16
-        else:
-            spectra = g.n * (g.c + g.o) * nf * cplx          # X (and DY) spectra, Y of one block
-            kernel_items, per_item = og, cg * nf * 16
-        b0, b1 = _blocks(kernel_items, per_item)[0]
-        kernel = (b1 - b0) * per_item // 16 * cplx           # one block of kernel spectra
         pad = g.n * g.c * (g.h + 2 * g.padding[0]) * (g.w + 2 * g.padding[1]) * itemsize
-        # every spectrum also exists once in frequency-major order
-        return int(2 * (spectra + kernel) + (pad if any(g.padding) else 0))
+        pad = pad if any(g.padding) and pass_ != "backward_data" else 0
+        if pass_ == "backward_data":
+            spectra = 2 * g.n * (g.o + og) * nf * itemsize
+            items = cg
+        elif pass_ == "forward":
+            spectra = 2 * g.n * (g.c + cg) * nf * itemsize
+            items = og
+        else:
+            spectra = 2 * (g.n * (g.c + g.o + cg) + 2 * g.kh * g.kw) * nf * itemsize
+            items = og
+        item = _item_bytes(pass_, g, s, itemsize)
+        b0, b1 = _blocks(items, item)[0]
+        return int(pad + spectra + (b1 - b0) * item)
 
 
 register(FFTConv())

@@ -146,7 +146,9 @@ class Im2colGemm(ConvAlgorithm):
         def piece(i):
             n0, n1, i0, i1 = block = parts[i]
             gb, rows = _piece(g, block)
-            cols = kept[i] = im2col(x[n0:n1], gb, rows, xpad[n0:n1])   # (G, K, n*R*WO)
+            cols = im2col(x[n0:n1], gb, rows, xpad[n0:n1])             # (G, K, n*R*WO)
+            if save is not None:        # kept for the weight gradient; else freed right away
+                kept[i] = cols
             if n1 - n0 == 1:                                            # straight into y
                 xp.matmul(wmat, cols, out=y[n0].reshape(g.groups, g.o // g.groups, -1)
                           [:, :, i0 * g.wo:i1 * g.wo])
@@ -268,18 +270,31 @@ class Im2colGemm(ConvAlgorithm):
                 im2col(x[n0:n1], gb, rows, None if xpad is None else xpad[n0:n1])
             return xp.matmul(_dy_rows(dy[n0:n1], gb, rows), cols.transpose(0, 2, 1))  # (G, Og, K)
 
-        with pool_region():
-            dws = parallel_map(piece, range(len(parts)))
-        dw = dws[0]
-        for part in dws[1:]:
-            dw += part
+        dw = None
+        with pool_region():     # rounds of one block per thread: at most that many partial
+            for r0 in range(0, len(parts), nthreads):     # dW at once, added in block order
+                for part in parallel_map(piece, range(r0, min(len(parts), r0 + nthreads))):
+                    if dw is None:
+                        dw = part
+                    else:
+                        dw += part
         return dw.reshape(g.w_shape)
 
     def workspace_bytes(self, g, pass_, itemsize):
+        """Peak extra bytes: one block's columns (the blocks in flight together stay within
+        COLS_BYTES) and the padded input; forward: the GEMM result before its NCHW transpose;
+        data gradient: the padded (C, N, H, W) dx it scatters into, a second block's columns
+        while the first is freed, and dy's rows; weight gradient: dy's rows and a partial dW
+        per thread."""
         n0, n1, i0, i1 = blocks(g, itemsize)[0]
         cols = (n1 - n0) * g.c * g.kh * g.kw * (i1 - i0) * g.wo * itemsize
         pad = g.n * g.c * (g.h + 2 * g.padding[0]) * (g.w + 2 * g.padding[1]) * itemsize
-        out = g.n * g.o * g.ho * g.wo * itemsize  # the GEMM result before the NCHW transpose
+        out = g.n * g.o * g.ho * g.wo * itemsize
+        if pass_ == "backward_data":
+            return 2 * cols + pad + out
+        if pass_ == "backward_weight":
+            dw = 2 * g.o * (g.c // g.groups) * g.kh * g.kw * itemsize
+            return cols + out + dw + (pad if any(g.padding) else 0)
         return cols + out + (pad if any(g.padding) else 0)
 
 

@@ -278,15 +278,33 @@ class _Plan:
         return [(ch, off, self.tiles(ch), c0, c1) for ch, off in zip(self.chunks, self.offsets)
                 for c0, c1 in self.blocks(size, parts)]
 
+    def _scratch_floats(self, chunk, cb, ob, weight_grad) -> int:
+        """One thread's transform buffers for ``chunk`` with cb input and ob output channels:
+        the input strip, the "B" and "A" buffers (the input transform's row pass and gather,
+        the output transform's two products), and the dy transform's two (weight gradient)."""
+        a, m, a2 = self.alpha, self.m, self.alpha ** 2
+        nb, nr = chunk[1], chunk[3]
+        t = self.tiles(chunk)
+        ws = self.tw * m + R - 1
+        strip = nb * (nr * m + R - 1) * cb * ws
+        b = max(nb * nr * a * cb * ws, a * m * ob * t)
+        a_buf = max(a2 * cb * t, m * m * ob * t)
+        dy = (m * m + a * m) * ob * t if weight_grad else 0
+        return strip + b + a_buf + dy
+
     def workspace_floats(self, c, o, weight_grad=False) -> int:
-        """U, plus V and M (phased) or per-thread chunk buffers (fused): workspace_bytes."""
-        a2, nt = self.alpha ** 2, self.max_tiles()
-        strip = c * (nt // self.tw * self.m + R - 1) * (self.tw * self.m + R - 1)
-        chunk = strip + 2 * a2 * max(c, o) * nt + a2 * o * nt
+        """Peak floats besides the output: U (the weight gradient's dU), and V and M (Z)
+        with one thread's transform buffers per thread, for the whole map (phased) or per
+        chunk (fused; the weight gradient's threads also add up a dU each)."""
+        a2 = self.alpha ** 2
         if self.fused:
-            per_thread = chunk + (a2 * o * c if weight_grad else 0)
+            per_thread = max(self._scratch_floats(ch, c, o, weight_grad)
+                             + a2 * (c + o) * self.tiles(ch) for ch in self.chunks)
+            per_thread += 2 * a2 * o * c if weight_grad else 0
             return a2 * o * c + per_thread * min(self.nthreads, len(self.chunks))
-        return a2 * o * c + a2 * (c + o) * self.total_tiles + chunk * self.nthreads
+        per_thread = max(self._scratch_floats(ch, c1 - c0, c1 - c0, weight_grad)
+                         for ch, _, _, c0, c1 in self.phase_jobs(max(c, o)))
+        return a2 * o * c + a2 * (c + o) * self.total_tiles + per_thread * self.nthreads
 
 
 # --------------------------------------------------------------------------- transforms

@@ -2,7 +2,7 @@
 
 x: (N, C, H, W), w: (O, C/groups, KH, KW), b: (O,) or None -> y: (N, O, HO, WO)
 
-    y = conv(x, w) + b[None, :, None, None]
+    y = conv(x, w) + b[None, :, None, None]     (computed in compute_dtype(x, w))
     dx = conv_transpose(dy, w)        (the data gradient)
     dw = corr(x, dy)                  (the weight gradient)
     db = sum over n, i, j of dy
@@ -22,8 +22,28 @@ backward.
 """
 from __future__ import annotations
 
+import numpy as np
+
+from ..backend import get_xp
 from ..conv import ConvGeometry, select, select_step
 from ..conv.step import step_backward, step_forward
+from ..errors import ShapeError
+
+
+def compute_dtype(*arrays):
+    """The dtype every convolution algorithm computes in for these operands: numpy's
+    promotion of their dtypes (uint8 images with float32 weights: float32), float64 where
+    they are all integers or booleans. Complex operands are an error."""
+    dt = np.result_type(*(a.dtype for a in arrays if a is not None))
+    if dt.kind == "c":
+        raise ShapeError(f"conv2d works on real numbers, got {dt} operands")
+    if dt.kind not in "f":
+        dt = np.dtype(np.float64)
+    return dt
+
+
+def _as(a, dt):
+    return a if a is None or a.dtype == dt else a.astype(dt)
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
@@ -37,8 +57,12 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo
     of an earlier step of this layer, whose memory this step may overwrite (saves
     re-allocating U; the earlier cache must be done with)."""
     g = ConvGeometry.of(x.shape, w.shape, stride, padding, dilation, groups)
+    dt = compute_dtype(x, w)
+    x, w = _as(x, dt), _as(w, dt)
     state = None
-    if for_backward:
+    if g.n == 0:                        # an empty batch: nothing for an algorithm to do
+        y = get_xp(x).zeros(g.y_shape, dtype=dt)
+    elif for_backward:
         plan = select_step(g, algo, x.dtype, need_dx=need_dx, need_dw=need_dw)
         y, state = step_forward(plan, x, w, g, reuse=reuse)
     else:
@@ -56,12 +80,21 @@ def shared_prepared(cache):
 
 def conv2d_backward(dout, cache, need_dx=True, need_dw=True):
     """dout (N, O, HO, WO) -> (dx, dw, db); a gradient not needed is returned as None.
+    All three are in the forward's compute dtype (``compute_dtype`` of its x and w; ``dout``
+    is converted to it).
 
     ``need_dx=False`` skips the data gradient (first layer), ``need_dw=False`` skips the weight
     and bias gradients (frozen layers, neural style).
     """
     x, w, has_bias, g, algo, state = cache
     dx = dw = db = None
+    dt = x.dtype                        # the forward's (compute_dtype): gradients in it too
+    dout = _as(dout, dt)
+    if g.n == 0:
+        xp = get_xp(dout)
+        return (xp.zeros(g.x_shape, dt) if need_dx else None,
+                xp.zeros(g.w_shape, dt) if need_dw else None,
+                xp.zeros(g.o, dt) if need_dw and has_bias else None)
     if state is not None:               # a for_backward forward: its plan and what it kept
         dx, dw = step_backward(state, dout, x, w, g, need_dx, need_dw)
     if need_dx and dx is None:

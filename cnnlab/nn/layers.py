@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..conv import ConvGeometry, WeightCache, select
-from ..conv.geometry import pair
-from ..errors import ShapeError
+from ..backend import get_xp
+from ..conv import ALGORITHMS, ConvGeometry, WeightCache, check_algo_name, select
+from ..conv.geometry import pair, resolve_padding
+from ..errors import ShapeError, UnsupportedConfigError
 from .init import default_rng, he_normal
 from .module import Module
 from .parameter import Parameter
@@ -50,13 +51,29 @@ class Conv2d(Module):
                  groups=1, bias=True, algo="auto", rng=None, dtype=np.float32,
                  cache_weights=True):
         super().__init__()
+        kh, kw = pair(kernel_size, "kernel_size")
+        if min(kh, kw, in_channels, out_channels, groups) < 1:
+            raise ShapeError(f"Conv2d needs kernel_size, in_channels, out_channels and groups "
+                             f">= 1, got {kernel_size!r}, {in_channels!r}, {out_channels!r}, "
+                             f"{groups!r}")
         if in_channels % groups or out_channels % groups:
             raise ShapeError(f"groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
-        kh, kw = pair(kernel_size, "kernel_size")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = (kh, kw), pair(stride, "stride")
-        self.padding, self.dilation = pair(padding, "padding"), pair(dilation, "dilation")
+        self.dilation = pair(dilation, "dilation")
+        self.padding = resolve_padding(padding, (kh, kw), self.dilation, self.stride)
+        check_algo_name(algo, " (nn.Conv2d algo=)")
+        if algo in ALGORITHMS:      # what a forced algorithm cannot do is known now
+            smallest = tuple(d * (k - 1) + 1 for k, d in zip((kh, kw), self.dilation))
+            g = ConvGeometry.of((1, in_channels, *smallest), (out_channels, in_channels // groups,
+                                kh, kw), self.stride, self.padding, self.dilation, groups)
+            reason = ALGORITHMS[algo].supports(g, "forward")
+            if reason is not None:
+                from ..conv import eligible
+                raise UnsupportedConfigError(
+                    f"nn.Conv2d algo={algo!r} cannot run this layer ({reason}); algorithms "
+                    f"that can: {', '.join(eligible(g, 'forward'))}, or 'auto'")
         self.groups, self.algo = groups, algo
         fan_in = in_channels // groups * kh * kw
         rng = default_rng(rng)
@@ -90,6 +107,10 @@ class Conv2d(Module):
 
     def _run(self, pass_, a, g):
         w = self.weight.data
+        if a.dtype != w.dtype:                  # a module computes in its weight's dtype
+            a = a.astype(w.dtype)
+        if g.n == 0:
+            return get_xp(a).zeros(g.y_shape if pass_ == "forward" else g.x_shape, w.dtype)
         frozen = self.cache_weights and self.weight.frozen
         if not frozen and len(self.weight_cache):
             self.weight_cache.clear()           # trainable again: its transforms go stale
@@ -104,6 +125,8 @@ class Conv2d(Module):
             raise ShapeError(f"Conv2d expects input with {self.in_channels} channels (N, "
                              f"{self.in_channels}, H, W), got {tuple(x.shape)}")
         w = self.weight.data
+        if x.dtype != w.dtype:                  # a module computes in its weight's dtype
+            x = x.astype(w.dtype)
         b = self.bias.data if self.bias is not None else None
         if self.training and self.cache_weights and not self.weight.frozen:
             if len(self.weight_cache):                  # a training step: see above
