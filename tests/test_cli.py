@@ -134,6 +134,29 @@ def test_train_eval_and_resume(capsys, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
 
+    # a finished run: more epochs must be asked for, never fewer
+    code, _, err = run(capsys, "train", "--resume", str(out))
+    assert_one_line_error(code, err, "finished its 2 epochs", "--epochs above 2")
+    code, _, err = run(capsys, "train", "--resume", str(out), "--epochs", "1")
+    assert_one_line_error(code, err, "trained 2 epochs already", "--epochs above 2")
+    # resuming into another run's folder is refused; into a new one, the run goes on there
+    other = tmp_path / "other"
+    assert run(capsys, "train", "--epochs", "1", "--limit", "200", "--quiet", "--seed", "4",
+               "--out", str(other))[0] == 0
+    before = (other / "last.npz").read_bytes()
+    code, _, err = run(capsys, "train", "--resume", str(out), "--epochs", "3", "--out",
+                       str(other))
+    assert_one_line_error(code, err, "already holds a run")
+    assert (other / "last.npz").read_bytes() == before
+    copy = tmp_path / "copy"
+    code, _, err = run(capsys, "train", "--resume", str(out), "--epochs", "3", "--quiet",
+                       "--out", str(copy))
+    assert code == 0, err
+    best = json.loads((copy / "metrics.json").read_text())["final"]["best_epoch"]
+    assert (copy / "last.npz").is_file() and (copy / "best.npz").is_file() and best >= 1
+    assert run(capsys, "eval", str(copy), "--tta", "10crop", "--json",
+               str(tmp_path / "missing" / "r.json"))[2].count("does not exist") == 1
+
 
 def test_diverging_run_exits_2_with_advice(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--model", "seed_net", "--optimizer", "sgd", "--lr", "1e30",

@@ -341,6 +341,17 @@ def test_option_errors():
         stylize(None, None, None, style_layers="relu9_1", weights="random", progress=False)
     with pytest.raises(CnnlabError, match="optimizer"):
         stylize(None, None, None, optimizer="sgd", weights="random", progress=False)
+    for kw, words in ((dict(learning_rate=0.0), "learning_rate must be a positive"),
+                      (dict(learning_rate=-1.0), "learning_rate must be a positive"),
+                      (dict(style_weight=-1.0), "style_weight must be a finite number, 0"),
+                      (dict(tv_weight=float("nan")), "tv_weight"),
+                      (dict(save_every=-1), "save_every must be at least 0"),
+                      (dict(print_every=-1), "print_every must be at least 0"),
+                      (dict(multiscale="abc"), "image sizes in pixels"),
+                      (dict(image_size=12), "needs at least 16 pixels per side"),
+                      (dict(image_size=64, style_scale=0.2), "--style-scale")):
+        with pytest.raises(CnnlabError, match=words):
+            stylize(None, None, None, weights="random", progress=False, num_iterations=1, **kw)
 
 
 def test_cli_style_demo(tmp_path, capsys):

@@ -283,6 +283,11 @@ def test_features_command(tmp_path, small_model_file, capsys):
     assert meta["layer"] == "11" and meta["data"] == "mnist-5k-digits0-4"
     with pytest.raises(CnnlabError, match="no layer named 'fc9'"):
         _cli(["features", str(small_model_file), "--layer", "fc9", "-o", str(out)])
+    with pytest.raises(CnnlabError, match="suffix '.txt'"):
+        _cli(["features", str(small_model_file), "--layer", "relu4", "-o", str(tmp_path / "f.txt")])
+    with pytest.raises(CnnlabError, match="--batch-size must be at least 1"):
+        _cli(["features", str(small_model_file), "--layer", "relu4", "--batch-size", "0",
+              "-o", str(out)])
 
 
 def test_finetune_command_writes_an_evaluable_run(tmp_path, small_model_file, capsys):
@@ -298,6 +303,16 @@ def test_finetune_command_writes_an_evaluable_run(tmp_path, small_model_file, ca
     with pytest.raises(CnnlabError, match="PATTERN=MULT"):
         _cli(["finetune", str(small_model_file), "--data", "mnist-5k-digits5-9",
               "--lr-mult", "fc1", "--out", str(tmp_path / "r2")])
+    # the run records its augmentation (shift: no mirrors in TTA) and is never overwritten
+    assert r["flips"] is None and evaluate_checkpoint(run, tta="10crop", limit=20)["flips"] is False
+    with pytest.raises(CnnlabError, match="already holds a run"):
+        _cli(["finetune", str(small_model_file), "--data", "mnist-5k-digits5-9", "--epochs",
+              "1", "--out", str(run), "--quiet"])
+    for flag, value in (("--batch-size", "0"), ("--per-class", "0"), ("--per-class", "-2"),
+                        ("--epochs", "0"), ("--lr", "inf")):
+        with pytest.raises(CnnlabError, match=flag):
+            _cli(["finetune", str(small_model_file), "--data", "mnist-5k-digits5-9", flag,
+                  value, "--out", str(tmp_path / "r3")])
 
 
 def test_summary_and_zoo_commands(tmp_path, small_model_file, capsys):
@@ -307,6 +322,11 @@ def test_summary_and_zoo_commands(tmp_path, small_model_file, capsys):
     assert "0 (conv1)" in capsys.readouterr().out
     with pytest.raises(CnnlabError, match="unknown model 'vgg17'"):
         _cli(["summary", "vgg17"])
+    with pytest.raises(CnnlabError, match="pool kernel 2x2 does not fit"):
+        _cli(["summary", "vgg16", "--input", "3x16x16"])
+    for k in ("0", "-1"):
+        with pytest.raises(CnnlabError, match="--classes must be at least 1"):
+            _cli(["summary", "lenet", "--classes", k])
     out = tmp_path / "w.npz"
     assert _cli(["zoo", "export", str(small_model_file), "-o", str(out)]) == 0
     assert set(np.load(out).files) >= {"0.weight", "12.bias"}

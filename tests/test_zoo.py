@@ -102,6 +102,19 @@ def test_detect_architecture_from_keys_and_shapes():
         detect_architecture({"weight": np.zeros(3)})
 
 
+def test_import_with_a_named_architecture_reads_the_class_count():
+    """--arch lenet on a 7-class LeNet state_dict: 7 classes from its last Linear (it was
+    1000, ImageNet's, whatever the file held)."""
+    from cnnlab.models.registry import get_model
+    from cnnlab.zoo import export_state_dict
+    from cnnlab.zoo.torchvision import from_torchvision
+    sd = dict(export_state_dict(get_model("lenet", num_classes=7)))
+    model = from_torchvision(sd, arch="lenet")
+    assert list(model)[-1].out_features == 7
+    with pytest.raises(CnnlabError):
+        from_torchvision(sd, arch="lenet", num_classes=5)          # the file holds 7
+
+
 def test_mismatches_are_listed_in_one_error():
     model = get_model("resnet18_small", num_classes=10)
     sd = dict(export_state_dict(model))

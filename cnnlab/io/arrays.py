@@ -22,11 +22,13 @@ METADATA_KEY = "__metadata__"
 SUFFIXES = (".npz", ".safetensors")
 
 
-def _format_of(path):
+def array_format(path) -> str:
+    """The array file format of ``path`` by its suffix, ".npz" or ".safetensors"
+    (FileFormatError for any other, before anything is read or computed)."""
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in SUFFIXES:
-        raise ValueError(f"{os.fspath(path)}: unknown array file suffix {suffix!r}; "
-                         f"use .npz or .safetensors")
+        raise FileFormatError(f"{os.fspath(path)}: unknown array file suffix {suffix!r}; "
+                              f"use .npz or .safetensors")
     return suffix
 
 
@@ -47,7 +49,7 @@ def save_arrays(path, arrays, metadata=None):
     Names are strings and may not be ``__metadata__``; arrays must be numeric or bool
     (no object arrays). The file appears complete or not at all.
     """
-    kind = _format_of(path)
+    kind = array_format(path)
     metadata = _check_metadata(metadata)
     for name in arrays:
         if not isinstance(name, str) or not name or name == METADATA_KEY:
@@ -82,7 +84,7 @@ def load_arrays(path):
     Raises FileFormatError if the file is missing, truncated, holds pickled objects or
     has malformed metadata.
     """
-    kind = _format_of(path)
+    kind = array_format(path)
     where = os.fspath(path)
     if kind == ".safetensors":
         arrays, metadata = load_safetensors(path)

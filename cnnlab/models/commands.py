@@ -65,6 +65,8 @@ def register(subparsers) -> None:
     zm = zs.add_parser("import", help="make a cnnlab model file from a torchvision .pth")
     zm.add_argument("weights", metavar="WEIGHTS", help=".pth (or .npz/.safetensors) state_dict")
     zm.add_argument("--arch", default=None, help="architecture (default: detected from the keys)")
+    zm.add_argument("--classes", type=int, default=None, metavar="K",
+                    help="classes the last layer predicts (default: read from its weight)")
     zm.add_argument("-o", "--output", required=True, help="model.safetensors or model.npz")
     zm.set_defaults(func=zoo_import_command)
 
@@ -96,6 +98,8 @@ def summary_command(args: argparse.Namespace) -> int:
         return 0
     if args.batch < 1:
         raise CnnlabError(f"--batch must be at least 1, got {args.batch}")
+    if args.classes is not None and args.classes < 1:
+        raise CnnlabError(f"--classes must be at least 1, got {args.classes}")
     model, shape, name = _load_for_summary(args)
     s = summarize(model, shape, batch=args.batch)
     if args.json:
@@ -159,8 +163,10 @@ def zoo_export_command(args) -> int:
     model, info = resolve(args.model)
     sd = export_state_dict(model)
     save_arrays(args.output, dict(sd), {"arch": info.arch, "source": str(args.model)})
+    reader = ("safetensors.torch.load_file(path)" if str(args.output).lower().endswith(
+        ".safetensors") else "{k: torch.from_numpy(v) for k, v in np.load(path).items()}")
     print(f"wrote {args.output}: {len(sd)} arrays in PyTorch naming (load with "
-          f"model.load_state_dict({{k: torch.from_numpy(v) for k, v in np.load(path).items()}}))")
+          f"model.load_state_dict({reader}))")
     return 0
 
 
@@ -168,7 +174,9 @@ def zoo_import_command(args) -> int:
     from ..zoo import ModelInfo, load_torchvision, save_model
     from ..zoo.entries import find_classes
 
-    model = load_torchvision(args.weights, arch=args.arch)
+    if args.classes is not None and args.classes < 1:
+        raise CnnlabError(f"--classes must be at least 1, got {args.classes}")
+    model = load_torchvision(args.weights, arch=args.arch, num_classes=args.classes)
     info = ModelInfo(arch=model.arch, num_classes=find_classes(model), in_channels=3,
                      input_shape=(3, 224, 224),
                      preprocessing={"scale": 1 / 255, "mean": [0.485, 0.456, 0.406],

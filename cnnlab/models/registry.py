@@ -56,9 +56,14 @@ def default_input(name: str) -> tuple:
 def get_model(name: str, num_classes=None, in_channels=None, input_size=None, seed=0) -> nn.Module:
     """Build model ``name`` with weights from ``numpy.random.default_rng(seed)``."""
     spec = _spec(name)
+    for what, value in (("num_classes", num_classes), ("in_channels", in_channels),
+                        ("input_size", input_size)):
+        if value is not None and value < 1:
+            raise CnnlabError(f"{what} must be at least 1, got {value}")
     rng = np.random.default_rng(seed)
-    c = in_channels or spec.input_shape[0]
-    model = spec.build(c, num_classes or spec.num_classes, input_size or spec.input_shape[1], rng)
+    c = spec.input_shape[0] if in_channels is None else in_channels
+    model = spec.build(c, spec.num_classes if num_classes is None else num_classes,
+                       spec.input_shape[1] if input_size is None else input_size, rng)
     model.set_rng(rng)
     object.__setattr__(model, "arch", name)
     return model

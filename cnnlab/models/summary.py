@@ -212,7 +212,10 @@ def _pool_params(m):
 def _pool(m, shape, f):
     c, h, w = _spatial(m, shape)
     (kh, kw), (sh, sw), (ph, pw) = _pool_params(m)
-    return (c, _out(h, kh, sh, ph), _out(w, kw, sw, pw)), 0, f.window(kh, kw, sh, sw)
+    ho, wo = _out(h, kh, sh, ph), _out(w, kw, sw, pw)
+    if ho < 1 or wo < 1:        # as the forward itself says (cnnlab.functional.pool)
+        raise ShapeError(f"pool kernel {kh}x{kw} does not fit input {h}x{w}")
+    return (c, ho, wo), 0, f.window(kh, kw, sh, sw)
 
 
 @rule(nn.GlobalAvgPool2d)

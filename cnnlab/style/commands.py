@@ -20,6 +20,18 @@ def register(subparsers) -> None:
     _register_weights(subparsers)
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help unless the help already says its default or
+    there is none to say (None, False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def _register_style(subparsers):
     p = subparsers.add_parser(
         "style", help="neural style transfer (Gatys et al.) with VGG-16/19",
@@ -28,7 +40,7 @@ def _register_style(subparsers):
                     "and its Gram matrices the style images'. Without images, a demo with the "
                     "shipped photo and painting. Writes OUT, OUT_<iteration> every --save-every "
                     "iterations, OUT_sheet.png (contact sheet) and OUT_losses.png (loss plot).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsFormatter)
     p.add_argument("content", nargs="?", default=None, metavar="CONTENT", help="content image")
     p.add_argument("styles", nargs="?", default=None, metavar="STYLE[,STYLE...]",
                    help="style image(s), comma-separated")
@@ -120,12 +132,15 @@ def style_command(args) -> int:
         original_colors=args.original_colors, multiscale=args.multiscale, model=args.model,
         weights=args.weights, normalization=args.normalization, progress=not args.quiet)
     style = result.history["style"]
-    drop = style[0][1] / style[-1][1] if style and style[-1][1] > 0 else float("inf")
+    if style:
+        drop = style[0][1] / style[-1][1] if style[-1][1] > 0 else float("inf")
+        change = f"style loss {style[0][1]:.4g} -> {style[-1][1]:.4g} ({drop:.0f}x)"
+    else:
+        change = "no iteration recorded a loss"
     print(f"{result.paths['output']}: {result.image.shape[1]}x{result.image.shape[0]}, "
           f"{result.iterations} iterations ({result.evaluations} evaluations) in "
-          f"{time.perf_counter() - t0:.1f} s with {result.network}; style loss "
-          f"{style[0][1]:.4g} -> {style[-1][1]:.4g} ({drop:.0f}x); also {result.paths['sheet']}, "
-          f"{result.paths['plot']}")
+          f"{time.perf_counter() - t0:.1f} s with {result.network}; {change}; also "
+          f"{result.paths['sheet']}, {result.paths['plot']}")
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import at_least, non_negative_number, positive_number
 from ..conv.threads import parallel_map
 from ..errors import CnnlabError
 from . import losses as L
@@ -53,6 +54,23 @@ def _names(value, what):
     if not value and what != "content":
         raise CnnlabError(f"no {what} layers given")
     return value
+
+
+def _check_sizes(sizes, style_scale, content, styles, names, last) -> None:
+    """Every image the run feeds the network must survive the poolings up to ``last`` (the
+    deepest layer used): at least 2^pools pixels on its short side."""
+    pools = sum(1 for n in names[:names.index(last) + 1] if n.startswith("pool"))
+    need = 2 ** pools
+    for size in sizes:
+        style_size = max(8, math.ceil(style_scale * size))
+        for what, img, side in [("content", content, size)] + \
+                [("style", s, style_size) for s in styles]:
+            h, w = fit_size(*img.shape[:2], side)
+            if min(h, w) < need:
+                raise CnnlabError(
+                    f"at {size} px the {what} image would be {w}x{h} pixels; {last} comes "
+                    f"after {pools} poolings and needs at least {need} pixels per side: use a "
+                    f"larger --image-size" + (" or --style-scale" if what == "style" else ""))
 
 
 def _numbers(value, what, count):
@@ -244,6 +262,13 @@ def stylize(content=None, styles=None, output=None, *, image_size=512, style_ble
         raise CnnlabError(f"init must be 'random' or 'image', got {init!r}")
     if num_iterations < 1:
         raise CnnlabError(f"num_iterations must be at least 1, got {num_iterations}")
+    for what, value in (("content_weight", content_weight), ("style_weight", style_weight),
+                        ("tv_weight", tv_weight)):
+        non_negative_number(value, what)
+    positive_number(learning_rate, "learning_rate")
+    positive_number(style_scale, "style_scale")
+    at_least(print_every, 0, "print_every")
+    at_least(save_every, 0, "save_every")
     content_layers = _names(content_layers, "content")
     style_layers = _names(style_layers, "style")
     check_layers(model or "vgg19", content_layers + style_layers)
@@ -261,10 +286,12 @@ def stylize(content=None, styles=None, output=None, *, image_size=512, style_ble
     lw = _numbers(style_layer_weights, "style layer weights", len(style_layers)) or \
         [default_lw] * len(style_layers)
     layer_weights = dict(zip(style_layers, lw))
-    sizes = [int(s) for s in (multiscale.split(",") if isinstance(multiscale, str) else multiscale)] \
-        if multiscale else [int(image_size)]
-    if style_scale <= 0:
-        raise CnnlabError(f"style scale must be positive, got {style_scale}")
+    try:
+        sizes = [int(s) for s in (multiscale.split(",") if isinstance(multiscale, str)
+                                  else multiscale)] if multiscale else [int(image_size)]
+    except (TypeError, ValueError):
+        raise CnnlabError(f"multiscale must be image sizes in pixels, e.g. 256,512; got "
+                          f"{multiscale!r}") from None
 
     content_full = load_image(content)
     style_full = [load_image(s) for s in styles]
@@ -272,6 +299,7 @@ def stylize(content=None, styles=None, output=None, *, image_size=512, style_ble
     all_layers = content_layers + style_layers
     names = check_layers(model or "vgg19", all_layers)
     last = max(all_layers, key=names.index)
+    _check_sizes(sizes, style_scale, content_full, style_full, names, last)
     net, prep, description = build_network(model, weights, pooling, last, seed, quiet)
     check_layers(net.model, all_layers)
 
@@ -367,7 +395,8 @@ def _optimize(objective, x0, num_iterations, optimizer, learning_rate, prep, his
 
     try:
         if optimizer == "lbfgs":
-            opt = LBFGS(fun, x0.size, history=history_size, lr=learning_rate or 1.0)
+            opt = LBFGS(fun, x0.size, history=history_size,
+                        lr=1.0 if learning_rate is None else learning_rate)
 
             def callback(it, x, f):
                 record(it, x, dict(last_parts))     # the accepted point was evaluated last
@@ -380,7 +409,8 @@ def _optimize(objective, x0, num_iterations, optimizer, learning_rate, prep, his
             from ..optim import Adam
 
             p = Parameter(x0.reshape(-1).copy())
-            adam = Adam([p], lr=learning_rate or 10.0 * prep.grey_level())
+            adam = Adam([p], lr=10.0 * prep.grey_level() if learning_rate is None
+                        else learning_rate)
             for it in range(1, num_iterations + 1):
                 _, p.grad = fun(p.data)
                 parts = dict(last_parts)

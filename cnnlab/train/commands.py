@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import positive_number
 from ..errors import CnnlabError
 from ..optim import OPTIMIZERS, make_optimizer, make_schedule
 from .checkpoint import build_from_checkpoint, build_model_from_config, load_checkpoint
@@ -238,7 +239,7 @@ def train_command(args: argparse.Namespace) -> int:
         settings["limit"] = args.limit
         _check_settings(settings)
         out_dir = Path(args.out) if args.out else _default_out(settings)
-        _refuse_overwrite(out_dir)
+        refuse_overwrite(out_dir)
 
     n = args.threads if args.threads is not None else (
         1 if settings["model"] in SMALL_MODELS else None)
@@ -347,8 +348,7 @@ def _check_settings(s: dict) -> None:
             raise CnnlabError(f"{flag} must be at least 1, got {s[key]}")
     if s["limit"] is not None and s["limit"] < 1:
         raise CnnlabError(f"--limit must be at least 1, got {s['limit']}")
-    if not s["lr"] > 0:
-        raise CnnlabError(f"--lr must be positive, got {s['lr']:g}")
+    positive_number(s["lr"], "--lr")
     if s["weight_decay"] < 0:
         raise CnnlabError(f"--weight-decay must be >= 0, got {s['weight_decay']:g}")
     if s["warmup"] < 0:
@@ -383,14 +383,39 @@ def _resume_settings(args):
     if args.limit is not None and args.limit != settings.get("limit"):
         raise CnnlabError(f"--limit {args.limit} differs from the run being resumed "
                           f"({settings.get('limit')}); drop --limit to resume")
+    done = int(ckpt.info.get("epoch", 0))
     if args.epochs is not None:
+        if args.epochs <= done:
+            raise CnnlabError(f"{ckpt.path} has trained {done} epochs already; give --epochs "
+                              f"above {done} to train further")
         settings["epochs"] = args.epochs
+    elif done >= int(settings["epochs"]):
+        raise CnnlabError(f"{ckpt.path} has finished its {done} epochs; give --epochs above "
+                          f"{done} to train further")
     _check_settings(settings)
-    out_dir = Path(args.out) if args.out else Path(ckpt.path).parent
+    source = Path(ckpt.path).parent
+    out_dir = Path(args.out) if args.out else source
+    if out_dir.resolve() != source.resolve():
+        refuse_overwrite(out_dir)          # another run's folder: never overwritten
+        _copy_best(source, out_dir, Path(ckpt.path).suffix)
     return ckpt, settings, out_dir
 
 
-def _refuse_overwrite(out_dir: Path) -> None:
+def _copy_best(source: Path, out_dir: Path, suffix: str) -> None:
+    """Resuming into a new folder: start it with the run's best checkpoint, so that the new
+    folder's best.* matches the history it carries (copied atomically)."""
+    import shutil
+
+    from ..io.atomic import atomic_write
+    best = source / f"best{suffix}"
+    if best.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with best.open("rb") as src, atomic_write(out_dir / best.name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def refuse_overwrite(out_dir: Path) -> None:
+    """Raise CnnlabError if ``out_dir`` already holds a run (its last checkpoint)."""
     for name in ("last.npz", "last.safetensors"):
         if (out_dir / name).exists():
             raise CnnlabError(f"{out_dir} already holds a run ({name}); continue it with "
@@ -470,9 +495,9 @@ def eval_command(args: argparse.Namespace) -> int:
     ensemble = len(members) > 1
     if ensemble:
         check_ensemble([ckpts[i] for i in members], args.data)
-        if len(members) < len(ckpts):
-            print("cnnlab: note: a checkpoint is given more than once; the ensemble counts it "
-                  "once", file=sys.stderr)
+    if len(members) < len(ckpts):
+        print("cnnlab: note: a checkpoint is given more than once; it is evaluated each time "
+              "and counts once in an ensemble", file=sys.stderr)
     results = []
     for ckpt in ckpts:
         small = (ckpt.config.get("model") or {}).get("name") in SMALL_MODELS
@@ -512,6 +537,12 @@ def _distinct(ckpts) -> list[int]:
 def _check_eval_options(args) -> None:
     if args.batch_size < 1:
         raise CnnlabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.json is not None:               # before the evaluation, not after
+        target = Path(args.json)
+        if target.is_dir() or not target.parent.is_dir():
+            raise CnnlabError(f"cannot write --json {target}: " + (
+                "it is a folder" if target.is_dir()
+                else f"folder {target.parent} does not exist"))
     if args.limit is not None and args.limit < 1:
         raise CnnlabError(f"--limit must be at least 1, got {args.limit}")
     if args.tta_pad is not None:
@@ -656,9 +687,13 @@ def evaluate_checkpoint(path, data: str | None = None, split: str = "test",
 
 def trained_with_flips(ckpt) -> bool:
     """Whether the checkpoint's training augmentation mirrored images (an --augment with
-    "flip" in its name); True where the checkpoint does not record its augmentation."""
-    augment = (ckpt.config.get("train") or {}).get("augment")
-    return True if augment is None else "flip" in str(augment)
+    "flip" in its name, of `cnnlab train` or `cnnlab finetune`); True where the checkpoint
+    does not record its augmentation (imported ImageNet weights, say, trained with flips)."""
+    for section in ("train", "finetune"):
+        augment = (ckpt.config.get(section) or {}).get("augment")
+        if augment is not None:
+            return "flip" in str(augment)
+    return True
 
 
 def check_data_fits(ckpt, ds, spec: str, tta: str = "none") -> None:

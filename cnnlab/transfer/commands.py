@@ -11,13 +11,14 @@ mnist-5k-digits0-4 and mnist-5k-digits5-9 (so `cnnlab train --data mnist-5k-digi
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..checks import at_least, positive_number
 from ..errors import CnnlabError
+from ..train.commands import refuse_overwrite
 from . import datasets  # noqa: F401  (registers the digit-subset data sets)
 
 
@@ -99,6 +100,10 @@ def features_command(args) -> int:
     from .features import extract_features
     from .layers import resolve_layer
 
+    from ..io.arrays import array_format
+    at_least(args.batch_size, 1, "--batch-size")
+    at_least(args.limit, 1, "--limit")
+    array_format(args.output)               # a bad suffix fails now, not after the work
     model, info = resolve(args.model)
     layer = resolve_layer(model, args.layer)
     spec = args.data or (info.dataset.rsplit("/", 1)[0] if info.dataset.endswith("/train")
@@ -151,11 +156,17 @@ def finetune_command(args) -> int:
     from .datasets import per_class_sample
     from .finetune import finetune, replace_head, slide_lr_mults
 
+    at_least(args.epochs, 1, "--epochs")
+    at_least(args.batch_size, 1, "--batch-size")
+    at_least(args.per_class, 1, "--per-class")
+    positive_number(args.lr, "--lr")
+    out = Path(args.out) if args.out else Path("runs") / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
+    refuse_overwrite(out)
     model, info = resolve(args.model)
     train = load_dataset(args.data, "train")
     test = load_dataset(args.data, "test")
     _check_fits(info, train, args.data)
-    if args.per_class:
+    if args.per_class is not None:
         train = per_class_sample(train, args.per_class, args.seed)
     rng = np.random.default_rng(args.seed)
     head = replace_head(model, len(train.classes), rng)
@@ -163,7 +174,6 @@ def finetune_command(args) -> int:
     if args.slide_lrs:
         mults = {**slide_lr_mults(model, args.train_from or head_first(model), head, args.top),
                  **mults}
-    out = Path(args.out) if args.out else Path("runs") / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
     transform = None
     if args.augment == "shift":
         from ..data.transforms import RandomCrop
@@ -175,7 +185,7 @@ def finetune_command(args) -> int:
                        "channels": c, "image_size": [h, h]},
               "finetune": {"from": str(args.model), "train_from": args.train_from,
                            "per_class": args.per_class, "lr": args.lr, "lr_mult": mults,
-                           "epochs": args.epochs, "seed": args.seed},
+                           "epochs": args.epochs, "seed": args.seed, "augment": args.augment},
               "title": f"{info.arch} finetuned on {args.data}"}
     if not args.quiet:
         print(f"finetuning {args.model} ({info.arch}) on {args.data}: {len(train):,} train / "

@@ -103,15 +103,27 @@ def detect_architecture(state) -> tuple[str, int]:
                       "or ResNet); build the model yourself and use import_state_dict(model, sd)")
 
 
+def _classes_of(state) -> int:
+    """The class count a state_dict's last layer predicts: torchvision's classifier.6 or fc,
+    else the last 2-D ".weight" (a Linear), else 1000 (ImageNet)."""
+    for key in ("classifier.6.weight", "fc.weight"):
+        if key in state:
+            return int(np.shape(state[key])[0])
+    linear = [k for k, v in state.items() if k.endswith(".weight") and np.ndim(v) == 2]
+    return int(np.shape(state[linear[-1]])[0]) if linear else 1000
+
+
 def from_torchvision(state, arch: str | None = None, num_classes: int | None = None,
                      strict: bool = True):
     """Build the cnnlab model a torchvision state_dict belongs to and load it."""
     from ..models.registry import get_model
 
     found, k = detect_architecture(state) if arch is None else (arch, None)
-    if k is None:
-        k = num_classes or int(np.shape(state.get("classifier.6.weight", state.get("fc.weight", np.zeros((1000,)))))[0])
-    model = get_model(found, num_classes=num_classes or k)
+    if num_classes is not None:
+        k = num_classes
+    elif k is None:
+        k = _classes_of(state)
+    model = get_model(found, num_classes=k)
     import_state_dict(model, state, strict=strict)
     return model
 
