@@ -317,3 +317,7 @@ def test_augment_preview(tmp_path):
     assert args.func(args) == 0
     with Image.open(tmp_path / "out.png") as im:
         assert im.format == "PNG" and im.size[1] > im.size[0]
+    for bad, words in ((tmp_path / "out.txt", "*.png"), (tmp_path / "no" / "o.png", "does not exist")):
+        args = parser().parse_args(["augment", str(tmp_path / "in.png"), "--preview", str(bad)])
+        with pytest.raises(CnnlabError, match=words.replace("*", r"\*")):
+            args.func(args)

@@ -369,6 +369,38 @@ def test_cli_style_demo(tmp_path, capsys):
     assert "style loss" in capsys.readouterr().out
 
 
+def test_ctrl_c_saves_the_image_so_far(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) during the optimisation: the image after the last finished
+    iteration is written to OUT, and the command says so and exits 130."""
+    import sys
+
+    from cnnlab.style.commands import register
+    S = sys.modules["cnnlab.style.stylize"]     # (cnnlab.style.stylize is also the function)
+
+    real = S.make_objective
+
+    def interrupted_objective(*a, **kw):
+        objective, calls = real(*a, **kw), []
+
+        def call(x):
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+            return objective(x)
+        return call
+
+    monkeypatch.setattr(S, "make_objective", interrupted_objective)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = tmp_path / "cut.png"
+    args = parser.parse_args(["style", "-o", str(out), "--image-size", "24", "--num-iterations",
+                              "20", "--weights", "random", "--quiet", "--optimizer", "adam",
+                              "--style-layers", "relu1_1", "--content-layers", "relu1_1"])
+    assert args.func(args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; the image after iteration 3" in err and out.is_file()
+
+
 def test_preprocessing_round_trip():
     img = np.random.default_rng(0).random((5, 7, 3))
     for prep in (TORCHVISION, CAFFE, RANDOM):

@@ -88,6 +88,23 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, digits):
     assert strip(straight.history) == strip(resumed.history)
 
 
+def test_ctrl_c_writes_metrics_and_plot_of_the_epochs_done(tmp_path, digits):
+    trainer = make_trainer(tmp_path / "run", epochs=3)
+    real_train_epoch = trainer._train_epoch
+
+    def train_epoch(loader, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_train_epoch(loader, epoch)
+
+    trainer._train_epoch = train_epoch
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(*digits)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["stopped"].startswith("interrupted during epoch 2")
+    assert len(metrics["epochs"]) == 1 and (tmp_path / "run" / "plot.png").is_file()
+
+
 class SlowIdentity:
     """A transform that takes 3 ms per image and changes nothing."""
 

@@ -132,6 +132,11 @@ def augment_command(args: argparse.Namespace) -> int:
         raise CnnlabError(f"--samples must be at least 1, got {args.samples}")
     if args.seed < 0:
         raise CnnlabError(f"--seed must be non-negative, got {args.seed}")
+    if not str(args.preview).lower().endswith(".png"):
+        raise CnnlabError(f"--preview writes a PNG: name it *.png, got {args.preview}")
+    target = Path(args.preview)
+    if target.parent and not target.parent.is_dir():
+        raise CnnlabError(f"cannot write {target}: folder {target.parent} does not exist")
     try:
         with Image.open(args.image) as im:
             im = im.convert("RGB")

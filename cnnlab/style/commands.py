@@ -9,6 +9,7 @@ reach the CLI, which prints it as one line.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from ..errors import CnnlabError
@@ -114,23 +115,16 @@ def _register_weights(subparsers):
 
 
 def style_command(args) -> int:
-    from .stylize import stylize
+    from .stylize import StyleInterrupted
 
     if args.styles is None and args.content is not None:
         raise CnnlabError("give a style image after the content image (or neither for the demo)")
     t0 = time.perf_counter()
-    result = stylize(
-        args.content, args.styles, args.output, image_size=args.image_size,
-        style_blend_weights=args.style_blend_weights, style_scale=args.style_scale,
-        content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
-        content_layers=args.content_layers, style_layers=args.style_layers,
-        style_layer_weights=args.style_layer_weights, init=args.init, init_image=args.init_image,
-        optimizer=args.optimizer, learning_rate=args.learning_rate,
-        num_iterations=args.num_iterations, print_every=args.print_every,
-        save_every=args.save_every, pooling=args.pooling,
-        normalize_gradients=args.normalize_gradients, seed=args.seed,
-        original_colors=args.original_colors, multiscale=args.multiscale, model=args.model,
-        weights=args.weights, normalization=args.normalization, progress=not args.quiet)
+    try:
+        result = _run_style(args)
+    except StyleInterrupted as stop:
+        print(f"cnnlab: {stop}", file=sys.stderr)
+        return 130
     style = result.history["style"]
     if style:
         drop = style[0][1] / style[-1][1] if style[-1][1] > 0 else float("inf")
@@ -142,6 +136,24 @@ def style_command(args) -> int:
           f"{time.perf_counter() - t0:.1f} s with {result.network}; {change}; also "
           f"{result.paths['sheet']}, {result.paths['plot']}")
     return 0
+
+
+def _run_style(args):
+    """``stylize`` with the command's options; Ctrl-C raises StyleInterrupted once the image
+    so far is saved."""
+    from .stylize import stylize
+    return stylize(
+        args.content, args.styles, args.output, image_size=args.image_size,
+        style_blend_weights=args.style_blend_weights, style_scale=args.style_scale,
+        content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
+        content_layers=args.content_layers, style_layers=args.style_layers,
+        style_layer_weights=args.style_layer_weights, init=args.init, init_image=args.init_image,
+        optimizer=args.optimizer, learning_rate=args.learning_rate,
+        num_iterations=args.num_iterations, print_every=args.print_every,
+        save_every=args.save_every, pooling=args.pooling,
+        normalize_gradients=args.normalize_gradients, seed=args.seed,
+        original_colors=args.original_colors, multiscale=args.multiscale, model=args.model,
+        weights=args.weights, normalization=args.normalization, progress=not args.quiet)
 
 
 def fetch_command(args) -> int:

@@ -56,6 +56,15 @@ def _names(value, what):
     return value
 
 
+class StyleInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run that writes its output: the image as of the last finished
+    iteration was saved to ``path`` first."""
+
+    def __init__(self, path, iteration: int):
+        super().__init__(f"interrupted; the image after iteration {iteration} is in {path}")
+        self.path, self.iteration = path, iteration
+
+
 def _check_sizes(sizes, style_scale, content, styles, names, last) -> None:
     """Every image the run feeds the network must survive the poolings up to ``last`` (the
     deepest layer used): at least 2^pools pixels on its short side."""
@@ -377,6 +386,7 @@ def _optimize(objective, x0, num_iterations, optimizer, learning_rate, prep, his
 
     def record(it, x, parts):
         state["it"] = it
+        state["x"] = np.array(x, copy=True)     # what Ctrl-C saves (see below)
         n = offset + it
         for k in history:
             history[k].append((n, parts[k]))
@@ -417,6 +427,11 @@ def _optimize(objective, x0, num_iterations, optimizer, learning_rate, prep, his
                 adam.step()
                 record(it, p.data, parts)
             x, evals = p.data, num_iterations
+    except KeyboardInterrupt:
+        if out is None or "x" not in state:
+            raise
+        path = save_image(out, show(state["x"]))
+        raise StyleInterrupted(path, offset + state["it"]) from None
     finally:
         bar.close()
     return x, state["it"], evals

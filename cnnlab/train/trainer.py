@@ -174,6 +174,14 @@ class Trainer:
                 for cb in self.callbacks:
                     if hasattr(cb, "on_epoch_end"):
                         cb.on_epoch_end(self, record)
+        except KeyboardInterrupt:       # Ctrl-C: the metrics and plot of the epochs done
+            self.stopped = (f"interrupted during epoch {self.epoch + 1}; the last checkpoint "
+                            f"is from epoch {self.epoch}" if self.epoch else
+                            "interrupted during epoch 1, before any checkpoint")
+            if self.out_dir is not None:
+                self.elapsed = session_start + time.perf_counter() - started
+                self._write_metrics(plot=True)
+            raise
         finally:
             loader.close()
             self.elapsed = session_start + time.perf_counter() - started

@@ -43,7 +43,7 @@ class TricksConfig:
     batch_size: int = 64
     lr: float = 2e-3
     data_seed: int = 0                   # which training images
-    test_limit: int | None = None        # evaluate on the first N test images (smoke tests)
+    test_limit: int | None = None        # evaluate on N test images, every class (smoke tests)
 
     @classmethod
     def quick(cls) -> "TricksConfig":
@@ -73,8 +73,10 @@ def _data(part: str, cfg: TricksConfig):
     train = load_dataset(spec, "train")
     test = load_dataset(spec, "test")
     train = train.subset(sample_per_class(train.labels, getattr(cfg, size_attr), cfg.data_seed))
-    if cfg.test_limit is not None:
-        test = test.subset(np.arange(min(cfg.test_limit, len(test))))
+    if cfg.test_limit is not None and cfg.test_limit < len(test):
+        # a fixed random subset: the first N of a sorted test split can be a single class
+        keep = np.random.default_rng(cfg.data_seed).permutation(len(test))[:cfg.test_limit]
+        test = test.subset(np.sort(keep))
     return train, test
 
 
