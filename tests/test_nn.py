@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from cnnlab import functional as F
 from cnnlab import nn
 from cnnlab.errors import CnnlabError, ShapeError
 from cnnlab.models import build_model
@@ -94,3 +95,68 @@ def test_float32_stays_float32():
     assert out.dtype == np.float32
     m.backward(np.ones_like(out))
     assert all(p.grad.dtype == np.float32 for p in m.parameters())
+
+
+def test_a_frozen_weight_leaves_its_bias_training_and_the_other_way_round():
+    """As torch with requires_grad per tensor: each parameter's gradient follows its own
+    frozen flag (bias-only fine-tuning trains the bias)."""
+    rng = np.random.default_rng(0)
+    x4, x2 = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((4, 3))
+    for layer, x, sums in ((nn.Conv2d(3, 2, 3, dtype=np.float64), x4, (0, 2, 3)),
+                           (nn.Linear(3, 2, dtype=np.float64), x2, (0,)),
+                           (nn.BatchNorm2d(3, dtype=np.float64), x4, (0, 2, 3)),
+                           (nn.BatchNorm1d(3, dtype=np.float64), x2, (0,))):
+        for frozen in ("weight", "bias"):
+            layer.zero_grad()
+            for name in ("weight", "bias"):
+                getattr(layer, name).frozen = name == frozen
+            out = layer.forward(x)
+            layer.backward(np.ones_like(out))
+            trained = layer.bias if frozen == "weight" else layer.weight
+            assert getattr(layer, frozen).grad is None and trained.grad is not None, layer
+            if frozen == "weight":
+                assert np.allclose(trained.grad, np.ones_like(out).sum(axis=sums)), layer
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: nn.MaxPool2d(2, stride=0), "stride >= 1"),
+    (lambda: nn.AvgPool2d(0), "kernel_size and stride >= 1"),
+    (lambda: nn.Dropout(1.5), "drop probability"),
+    (lambda: nn.DropConnectLinear(3, 2, p=-0.1), "drop probability"),
+    (lambda: nn.Linear(0, 3), ">= 1"),
+    (lambda: nn.BatchNorm2d(0), "num_features >= 1"),
+    (lambda: nn.BatchNorm2d(3, eps=-1), "eps > 0"),
+    (lambda: nn.BatchNorm1d(3, momentum=2), "momentum in"),
+])
+def test_modules_refuse_bad_settings_when_built(make, words):
+    with pytest.raises(CnnlabError, match=words):
+        make()
+
+
+def test_functional_ops_check_their_vectors_and_windows():
+    x = np.zeros((2, 3, 4, 4))
+    with pytest.raises(ShapeError, match="beta of shape"):
+        F.batchnorm_forward(x, np.ones(3), np.zeros(4), np.zeros(3), np.ones(3), training=False)
+    with pytest.raises(ShapeError, match="running_var"):
+        F.batchnorm_forward(x, np.ones(3), np.zeros(3), np.zeros(3), np.ones(5), training=False)
+    with pytest.raises(ShapeError, match="bias must have shape"):
+        F.conv2d_forward(x, np.ones((2, 3, 3, 3)), np.zeros(1))
+    with pytest.raises(ShapeError, match="bias must have shape"):
+        F.linear_forward(np.ones((2, 3)), np.ones((4, 3)), np.zeros((2, 2)))
+    for args in ((0,), (2, 0)):
+        with pytest.raises(ShapeError, match=">= 1"):
+            F.max_pool_forward(x, *args)
+    with pytest.raises(CnnlabError, match="forward"):
+        nn.Linear(3, 2).backward(np.ones((1, 2)))
+
+
+def test_layers_compute_in_their_weight_dtype():
+    """float32 layers fed float64 (or uint8) input answer in float32, gradients included."""
+    rng = np.random.default_rng(1)
+    for layer, shape in ((nn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5)), (nn.Linear(4, 3), (2, 4)),
+                         (nn.BatchNorm2d(2), (2, 2, 3, 3)), (nn.BatchNorm1d(4), (3, 4))):
+        for x in (rng.standard_normal(shape), rng.integers(0, 255, shape).astype(np.uint8)):
+            layer.zero_grad()
+            out = layer.forward(x)
+            dx = layer.backward(np.ones(out.shape))
+            assert out.dtype == dx.dtype == layer.weight.grad.dtype == np.float32, layer

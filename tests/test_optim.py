@@ -67,8 +67,64 @@ def test_state_dict_round_trip_continues_identically():
 def test_bad_arguments_are_clear():
     with pytest.raises(CnnlabError, match="unknown optimizer"):
         optim.make_optimizer("adagrad", [Parameter(np.ones(1))], 0.1)
-    with pytest.raises(CnnlabError, match="positive"):
+    with pytest.raises(CnnlabError, match="above 0"):
         optim.SGD([Parameter(np.ones(1))], lr=0)
+    p = [Parameter(np.ones(1))]
+    for make, words in ((lambda: optim.SGD(p, lr=float("nan")), "learning rate"),
+                        (lambda: optim.SGD(p, lr=float("inf")), "learning rate"),
+                        (lambda: optim.SGD(p, momentum=-0.5), "momentum"),
+                        (lambda: optim.SGD(p, weight_decay=-1), "weight decay"),
+                        (lambda: optim.Adam(p, betas=(1.0, 0.999)), "beta1"),
+                        (lambda: optim.Adam(p, betas=(0.9, -0.1)), "beta2"),
+                        (lambda: optim.Adam(p, eps=-1), "eps"),
+                        (lambda: optim.RMSprop(p, alpha=1.5), "alpha")):
+        with pytest.raises(CnnlabError, match=words):
+            make()
+
+
+def test_adam_counts_each_parameter_own_steps_like_torch():
+    """A parameter frozen (or without a gradient) for the first steps starts its own bias
+    correction when it starts training, as torch's per-parameter state step does."""
+    import torch
+    rng = np.random.default_rng(0)
+    grads = rng.standard_normal((6, 2, 3))
+    p, q = Parameter(np.ones(3)), Parameter(np.ones(3))
+    opt = optim.Adam([p, q], lr=0.1, betas=(0.8, 0.9))
+    tp, tq = (torch.ones(3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    topt = torch.optim.Adam([tp, tq], lr=0.1, betas=(0.8, 0.9))
+    for t in range(6):
+        p.frozen = t < 2
+        p.grad, q.grad = grads[t, 0], grads[t, 1]
+        opt.step()
+        topt.zero_grad()
+        tp.grad = None if t < 2 else torch.from_numpy(grads[t, 0].copy())
+        tq.grad = torch.from_numpy(grads[t, 1].copy())
+        topt.step()
+    assert np.allclose(p.data, tp.detach().numpy(), atol=1e-14)
+    assert np.allclose(q.data, tq.detach().numpy(), atol=1e-14)
+    # the count survives a state round trip; state saved without it gets the global count
+    sd = opt.state_dict()
+    assert int(sd["state.0.step"]) == 4 and int(sd["state.1.step"]) == 6
+    again = optim.Adam([p, q], lr=0.1)
+    again.load_state_dict(sd)
+    assert again.state[0]["step"] == 4
+    old = {k: v for k, v in sd.items() if not k.endswith(".step") and k != "num_params"}
+    again.load_state_dict(old)
+    assert again.state[0]["step"] == again.state[1]["step"] == 6
+
+
+def test_optimizer_state_of_another_kind_or_size_is_refused():
+    ps = [Parameter(np.ones(2)), Parameter(np.ones(2))]
+    adam = optim.Adam(ps)
+    for p in ps:
+        p.grad = np.ones(2)
+    adam.step()
+    sgd = optim.SGD(ps, momentum=0.9)
+    with pytest.raises(CnnlabError, match="exp_avg.*not SGD's"):
+        sgd.load_state_dict(adam.state_dict())
+    assert sgd.state == [{}, {}]                  # unchanged
+    with pytest.raises(CnnlabError, match="for 2 parameters"):
+        optim.Adam(ps[:1]).load_state_dict(adam.state_dict())
 
 
 def test_schedules():

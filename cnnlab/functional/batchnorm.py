@@ -38,6 +38,13 @@ def _axes(x, gamma):
     return axes, shape
 
 
+def _check_vectors(c, **vectors):
+    for name, v in vectors.items():
+        if v is not None and tuple(v.shape) != (c,):
+            raise ShapeError(f"batch norm over {c} features needs {name} of shape ({c},), got "
+                             f"{tuple(v.shape)}")
+
+
 def _channel_sum(a):
     """Per-feature sums of (N, D) or (N, C, H, W) ``a`` -> (D,) / (C,)."""
     if a.ndim == 2:
@@ -52,6 +59,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, 
     (``cnnlab.conv.threads.by_channels``); every channel is computed the same way either way."""
     xp = get_xp(x)
     axes, shape = _axes(x, gamma)
+    _check_vectors(x.shape[1], gamma=gamma, beta=beta, running_mean=running_mean,
+                   running_var=running_var)
     m = x.size // x.shape[1]
     if training and m < 2:
         raise ShapeError(f"batch norm in training mode needs more than 1 value per channel, "

@@ -57,6 +57,9 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo
     of an earlier step of this layer, whose memory this step may overwrite (saves
     re-allocating U; the earlier cache must be done with)."""
     g = ConvGeometry.of(x.shape, w.shape, stride, padding, dilation, groups)
+    if b is not None and tuple(b.shape) != (g.o,):
+        raise ShapeError(f"conv2d bias must have shape ({g.o},) for weight {tuple(w.shape)}, "
+                         f"got {tuple(b.shape)}")
     dt = compute_dtype(x, w)
     x, w = _as(x, dt), _as(w, dt)
     state = None

@@ -20,14 +20,14 @@ from ..errors import CnnlabError
 from .linear import linear_backward, linear_forward
 
 
-def _check_p(p):
+def check_drop_probability(p):
     if not 0 <= p < 1:
         raise CnnlabError(f"drop probability must be in [0, 1), got {p}")
 
 
 def dropout_forward(x, p, rng, training=True):
     """x: any shape -> same shape. ``rng``: a numpy.random.Generator (ignored in eval)."""
-    _check_p(p)
+    check_drop_probability(p)
     if not training or p == 0:
         return x, None
     keep = (rng.random(x.shape) >= p).astype(x.dtype) / x.dtype.type(1 - p)
@@ -40,7 +40,7 @@ def dropout_backward(dout, cache):
 
 def dropconnect_forward(x, w, b, p, rng, training=True, per_sample=False):
     """x (N, D), w (K, D), b (K,) or None -> out (N, K); see the module docstring."""
-    _check_p(p)
+    check_drop_probability(p)
     if not training or p == 0:
         out, lin_cache = linear_forward(x, w, b)
         return out, (lin_cache, None)

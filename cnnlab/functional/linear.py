@@ -15,6 +15,9 @@ def linear_forward(x, w, b=None):
             f"linear layer expects input (N, {w.shape[1]}), got {tuple(x.shape)}; "
             "flatten convolutional features first, or fix in_features"
         )
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        raise ShapeError(f"linear bias must have shape ({w.shape[0]},) for weight "
+                         f"{tuple(w.shape)}, got {tuple(b.shape)}")
     out = x @ w.T
     if b is not None:
         out += b

@@ -2,7 +2,8 @@
 
 x: (N, C, H, W) -> out: (N, C, HO, WO), HO = (H + 2*PH - KH) // SH + 1 (same for W).
 
-max:  out[n,c,i,j] = max_{p,q} x_pad[n, c, i*SH + p, j*SW + q]   (padding never wins)
+max:  out[n,c,i,j] = max_{p,q} x_pad[n, c, i*SH + p, j*SW + q]   (padding is -inf: it never
+      beats a finite value; a window of -inf inputs may give its gradient to a padded tap)
       backward sends dout to the window position that won (ties: the first in row-major order).
 avg:  out = mean over the window; with ``count_include_pad`` (PyTorch's default) padded zeros
       count in the divisor, otherwise only real pixels do. backward spreads dout / divisor.
@@ -32,6 +33,9 @@ def _geometry(x, kernel_size, stride, padding) -> ConvGeometry:
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = pair(stride if stride is not None else (kh, kw), "stride")
     ph, pw = pair(padding, "padding")
+    if min(kh, kw, sh, sw) < 1:
+        raise ShapeError(f"pool kernel_size and stride must be >= 1, got {kernel_size!r}, "
+                         f"{stride!r}")
     if ph > kh // 2 or pw > kw // 2:
         raise ShapeError(f"pool padding {padding} must be at most half the kernel {kernel_size}")
     n, c, h, w = x.shape

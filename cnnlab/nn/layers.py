@@ -15,6 +15,7 @@ from ..backend import get_xp
 from ..conv import ALGORITHMS, ConvGeometry, WeightCache, check_algo_name, select
 from ..conv.geometry import pair, resolve_padding
 from ..errors import ShapeError, UnsupportedConfigError
+from ..functional.dropout import check_drop_probability
 from .init import default_rng, he_normal
 from .module import Module
 from .parameter import Parameter
@@ -125,8 +126,7 @@ class Conv2d(Module):
             raise ShapeError(f"Conv2d expects input with {self.in_channels} channels (N, "
                              f"{self.in_channels}, H, W), got {tuple(x.shape)}")
         w = self.weight.data
-        if x.dtype != w.dtype:                  # a module computes in its weight's dtype
-            x = x.astype(w.dtype)
+        x = self._in_weight_dtype(x)
         b = self.bias.data if self.bias is not None else None
         if self.training and self.cache_weights and not self.weight.frozen:
             if len(self.weight_cache):                  # a training step: see above
@@ -146,17 +146,22 @@ class Conv2d(Module):
         return out
 
     def backward(self, dout):
-        need_dw = not self.weight.frozen
-        if not need_dw and self._cache[1] is self.weight.data:   # input gradient only
-            dx = self.conv_transpose(dout, self._cache[3]) if self.need_input_grad else None
-            self._cache = None
-            return dx
-        dx, dw, db = F.conv2d_backward(dout, self._cache, self.need_input_grad, need_dw)
-        self._cache = None
-        if need_dw:
-            self.weight.accumulate(dw)
-            if self.bias is not None and not self.bias.frozen:
-                self.bias.accumulate(db)
+        """dx (None without ``need_input_grad``); the weight's and the bias's gradients each
+        accumulated unless that parameter is frozen (a frozen weight with a trainable bias
+        costs only the bias's sum over dout)."""
+        cache = self._take_cache()
+        need_w = not self.weight.frozen
+        need_b = self.bias is not None and not self.bias.frozen
+        db = None
+        if not need_w and cache[1] is self.weight.data:       # no weight gradient
+            dx = self.conv_transpose(dout, cache[3]) if self.need_input_grad else None
+        else:
+            dx, dw, db = F.conv2d_backward(dout, cache, self.need_input_grad, need_w)
+            if need_w:
+                self.weight.accumulate(dw)
+        if need_b:
+            self.bias.accumulate(db if db is not None else
+                                 dout.sum(axis=(0, 2, 3)).astype(self.bias.data.dtype))
         return dx
 
     def extra_repr(self):
@@ -179,6 +184,9 @@ class Conv2d(Module):
 class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
         super().__init__()
+        if min(in_features, out_features) < 1:
+            raise ShapeError(f"Linear needs in_features and out_features >= 1, got "
+                             f"{in_features!r}, {out_features!r}")
         self.in_features, self.out_features = in_features, out_features
         rng = default_rng(rng)
         self.weight = Parameter(he_normal((out_features, in_features), in_features, rng, dtype))
@@ -189,19 +197,21 @@ class Linear(Module):
         return F.linear_forward(x, w, b)
 
     def forward(self, x):
-        out, self._cache = self._forward(x, self.weight.data)
+        out, self._cache = self._forward(self._in_weight_dtype(x), self.weight.data)
         return out
 
-    def _grads(self, dout):
-        return F.linear_backward(dout, self._cache, self.need_input_grad, not self.weight.frozen)
+    def _grads(self, dout, cache, need_dw):
+        return F.linear_backward(dout, cache, self.need_input_grad, need_dw)
 
     def backward(self, dout):
-        dx, dw, db = self._grads(dout)
-        self._cache = None
-        if dw is not None:
+        """dx; the weight's and the bias's gradients each accumulated unless frozen."""
+        need_w = not self.weight.frozen
+        need_b = self.bias is not None and not self.bias.frozen
+        dx, dw, db = self._grads(self._in_weight_dtype(dout), self._take_cache(), need_w or need_b)
+        if need_w:
             self.weight.accumulate(dw)
-            if self.bias is not None and not self.bias.frozen:
-                self.bias.accumulate(db)
+        if need_b:
+            self.bias.accumulate(db)
         return dx
 
     def extra_repr(self):
@@ -219,17 +229,19 @@ class DropConnectLinear(Linear):
     def __init__(self, in_features, out_features, p=0.5, bias=True, rng=None, dtype=np.float32,
                  per_sample=False):
         super().__init__(in_features, out_features, bias, rng, dtype)
+        check_drop_probability(p)
         self.p, self.per_sample = p, bool(per_sample)
         self.rng = rng if rng is not None else np.random.default_rng()
 
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
-        out, self._cache = F.dropconnect_forward(x, self.weight.data, b, self.p, self.rng,
+        out, self._cache = F.dropconnect_forward(self._in_weight_dtype(x), self.weight.data, b,
+                                                 self.p, self.rng,
                                                  self.training, per_sample=self.per_sample)
         return out
 
-    def _grads(self, dout):
-        return F.dropconnect_backward(dout, self._cache, self.need_input_grad, not self.weight.frozen)
+    def _grads(self, dout, cache, need_dw):
+        return F.dropconnect_backward(dout, cache, self.need_input_grad, need_dw)
 
     def extra_repr(self):
         return super().extra_repr() + f", p={self.p}" + (", per_sample=True" if self.per_sample else "")
@@ -240,6 +252,9 @@ class _BatchNorm(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
+        if num_features < 1 or not eps > 0 or not 0 <= momentum <= 1:
+            raise ShapeError(f"{type(self).__name__} needs num_features >= 1, eps > 0 and "
+                             f"momentum in [0, 1], got {num_features!r}, {eps!r}, {momentum!r}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight = Parameter(np.ones(num_features, dtype=dtype))
         self.bias = Parameter(np.zeros(num_features, dtype=dtype))
@@ -249,8 +264,9 @@ class _BatchNorm(Module):
     def forward(self, x):
         if x.ndim != self.ndim:
             raise ShapeError(f"{type(self).__name__} expects a {self.ndim}-d input, got {tuple(x.shape)}")
-        out, cache = F.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean,
-                                         self.running_var, self.training, self.eps)
+        out, cache = F.batchnorm_forward(self._in_weight_dtype(x), self.weight.data,
+                                         self.bias.data, self.running_mean, self.running_var,
+                                         self.training, self.eps)
         if self.training:
             rm, rv = F.batchnorm_running_update(self.running_mean, self.running_var, cache, self.momentum)
             self.register_buffer("running_mean", rm.astype(self.running_mean.dtype))
@@ -259,11 +275,13 @@ class _BatchNorm(Module):
         return out
 
     def backward(self, dout):
-        need_dw = not self.weight.frozen
-        dx, dg, db = F.batchnorm_backward(dout, self._cache, self.need_input_grad, need_dw)
-        self._cache = None
-        if need_dw:
+        """dx; gamma's (weight) and beta's (bias) gradients each accumulated unless frozen."""
+        need_g, need_b = not self.weight.frozen, not self.bias.frozen
+        dx, dg, db = F.batchnorm_backward(self._in_weight_dtype(dout), self._take_cache(),
+                                          self.need_input_grad, need_g or need_b)
+        if need_g:
             self.weight.accumulate(dg)
+        if need_b:
             self.bias.accumulate(db)
         return dx
 

@@ -48,6 +48,23 @@ class Module:
     def backward(self, dout):
         raise NotImplementedError(f"{type(self).__name__} has no backward")
 
+    def _in_weight_dtype(self, x):
+        """``x`` in this module's weight dtype: a layer with weights computes in their dtype
+        (float32 weights, uint8 or float64 input: float32), as Conv2d, Linear and batch norm
+        do; its gradients come out in that dtype too."""
+        dt = self.weight.data.dtype
+        return x if x.dtype == dt else x.astype(dt)
+
+    def _take_cache(self):
+        """The cache the last ``forward`` left for ``backward``, now dropped (one backward per
+        forward); a CnnlabError if there is none."""
+        cache = getattr(self, "_cache", None)
+        if cache is None:
+            raise CnnlabError(f"{type(self).__name__}.backward() needs a forward() first (one "
+                              f"backward per forward)")
+        self._cache = None
+        return cache
+
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
@@ -88,7 +105,12 @@ class Module:
 
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, object]":
-        """Parameter and buffer arrays by dotted name (PyTorch naming: ``features.0.weight``)."""
+        """Parameter and buffer arrays by dotted name (PyTorch naming: ``features.0.weight``).
+
+        The entries are the module's own arrays, not copies: parameters are updated in place
+        by the optimizer (a kept state_dict follows them), while batch-norm running statistics
+        are replaced by each training forward (a kept state_dict keeps the old ones). Copy the
+        arrays (``{k: v.copy() for k, v in m.state_dict().items()}``) for a snapshot."""
         out = OrderedDict()
         for mname, m in self.named_modules():
             for pname, p in m._params.items():

@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from ..conv.geometry import pair
+from ..errors import ShapeError
+from ..functional.dropout import check_drop_probability
 from .module import Module
 
 
@@ -57,7 +60,16 @@ class MaxPool2d(_Pair):
 
     def __init__(self, kernel_size=2, stride=None, padding=0):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        kh, kw = pair(kernel_size, "kernel_size")
+        sh, sw = pair(self.stride, "stride")
+        ph, pw = pair(padding, "padding")
+        if min(kh, kw, sh, sw) < 1 or ph > kh // 2 or pw > kw // 2:
+            raise ShapeError(f"{type(self).__name__} needs kernel_size and stride >= 1 and "
+                             f"padding at most half the kernel, got kernel_size={kernel_size!r}, "
+                             f"stride={stride!r}, padding={padding!r}")
 
     def _kwargs(self):
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
@@ -88,6 +100,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, rng=None):
         super().__init__()
+        check_drop_probability(p)
         self.p = p
         self.rng = rng if rng is not None else np.random.default_rng()
 
@@ -96,7 +109,7 @@ class Dropout(Module):
         return out
 
     def backward(self, dout):
-        dx = F.dropout_backward(dout, self._cache)
+        dx = F.dropout_backward(dout, self._cache)    # None in eval mode or with p = 0
         self._cache = None
         return dx
 
