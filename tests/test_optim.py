@@ -142,3 +142,20 @@ def test_schedules():
         assert t.param_groups[0]["lr"] == pytest.approx(ours(e))
         t.step()
         sched.step()
+
+
+def test_schedules_refuse_nonsense():
+    for make, words in ((lambda: optim.StepDecay(10, gamma=-1), "gamma"),
+                        (lambda: optim.Cosine(100, min_factor=2), "min_factor"),
+                        (lambda: optim.make_schedule("cosine", total=10, warmup=10), "warm-up"),
+                        (lambda: optim.make_schedule("cosine", total=10, warmup=-3), "warm-up")):
+        with pytest.raises(CnnlabError, match=words):
+            make()
+
+
+def test_a_shared_layer_is_one_set_of_parameters():
+    from cnnlab import nn
+    lin = nn.Linear(3, 3)
+    model = nn.Sequential(lin, nn.ReLU(), lin)
+    assert len(model.parameters()) == 2 and [n for n, _ in model.named_parameters()] == \
+        ["0.weight", "0.bias"]

@@ -84,9 +84,14 @@ class Module:
         return (m for _, m in self.named_modules())
 
     def named_parameters(self, prefix: str = ""):
+        """(dotted name, Parameter), each parameter once (a module or parameter reached twice
+        is listed under its first name, so an optimizer steps it once, as in PyTorch)."""
+        seen = set()
         for mname, m in self.named_modules(prefix):
             for pname, p in m._params.items():
-                yield (f"{mname}.{pname}" if mname else pname), p
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{mname}.{pname}" if mname else pname), p
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]

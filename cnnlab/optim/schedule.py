@@ -23,6 +23,8 @@ class StepDecay:
     def __init__(self, step_size: int, gamma: float = 0.1):
         if step_size < 1:
             raise CnnlabError(f"step_size must be >= 1, got {step_size}")
+        if not (math.isfinite(gamma) and gamma > 0):
+            raise CnnlabError(f"step decay gamma must be a finite number above 0, got {gamma}")
         self.step_size, self.gamma = step_size, gamma
 
     def __call__(self, t: int) -> float:
@@ -33,6 +35,8 @@ class Cosine:
     def __init__(self, total: int, min_factor: float = 0.0):
         if total < 1:
             raise CnnlabError(f"cosine schedule needs total >= 1 steps, got {total}")
+        if not 0 <= min_factor <= 1:
+            raise CnnlabError(f"cosine min_factor must be in [0, 1], got {min_factor}")
         self.total, self.min_factor = total, min_factor
 
     def __call__(self, t: int) -> float:
@@ -42,6 +46,8 @@ class Cosine:
 
 class Warmup:
     def __init__(self, warmup: int, after=None):
+        if warmup < 1:
+            raise CnnlabError(f"warm-up needs at least 1 step, got {warmup}")
         self.warmup, self.after = warmup, after or Constant()
 
     def __call__(self, t: int) -> float:
@@ -51,7 +57,11 @@ class Warmup:
 
 
 def make_schedule(name: str, total: int, warmup: int = 0, step_size: int | None = None, gamma: float = 0.1):
-    """Schedule by name ("constant", "step", "cosine"), optionally preceded by a linear warm-up."""
+    """Schedule by name ("constant", "step", "cosine"), optionally preceded by a linear warm-up
+    of ``warmup`` steps, which must be fewer than ``total``."""
+    if warmup < 0 or (warmup and warmup >= total):
+        raise CnnlabError(f"warm-up must be 0 or more steps and fewer than the run's {total}, "
+                          f"got {warmup}")
     if name == "constant":
         s = Constant()
     elif name == "step":
