@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cnnlab.errors import ChecksumError, CnnlabError
+from cnnlab.io.atomic import open_temporary
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60
@@ -69,7 +69,7 @@ def fetch(url: str, dest_path: str | os.PathLike, sha256: str, *,
         return dest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, tmp_name = open_temporary(dest.parent, dest.name)     # mode 0666 less the umask
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:

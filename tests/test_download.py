@@ -2,6 +2,7 @@
 import argparse
 import functools
 import hashlib
+import os
 import http.server
 import socket
 import threading
@@ -75,7 +76,8 @@ def make_tiny_mnist(folder: Path) -> dict[str, str]:
 
 
 def no_leftovers(folder: Path) -> bool:
-    return not folder.exists() or not [p for p in folder.iterdir() if p.name.endswith(".part")]
+    return not folder.exists() or not [p for p in folder.iterdir()
+                                       if p.name.endswith((".part", ".tmp"))]
 
 
 # --- fetch() --------------------------------------------------------------------------
@@ -88,6 +90,9 @@ def test_fetch_downloads_and_verifies(server, tmp_path):
     assert fetch(f"{url}/blob.bin", dest, digest, progress=True) == dest
     assert dest.read_bytes() == b"cnnlab" * 10_000
     assert no_leftovers(dest.parent) and log == ["/blob.bin"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~umask      # as a plain open() would
 
 
 def test_fetch_skips_a_verified_file_and_replaces_a_wrong_one(server, tmp_path):

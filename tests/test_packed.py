@@ -151,6 +151,35 @@ def test_image_folder_loads_and_packs(tmp_path):
     assert load_dataset(str(tmp_path / "imgs")).images.shape == (6, 6, 8, 3)
 
 
+def test_test_split_labels_with_the_training_classes(tmp_path):
+    """A test/ folder lacking one of train/'s classes keeps train's labels (they used to be
+    numbered from its own sub-folders); a class train/ lacks is an error."""
+    colours = {"cat": (255, 0, 0), "dog": (0, 255, 0), "zebra": (0, 0, 255)}
+    for split, names in (("train", ("cat", "dog", "zebra")), ("test", ("cat", "zebra"))):
+        for name in names:
+            (tmp_path / "r" / split / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4), colours[name]).save(tmp_path / "r" / split / name / "0.png")
+    train, test = (load_image_folder(tmp_path / "r", s) for s in ("train", "test"))
+    assert train.classes == test.classes == ["cat", "dog", "zebra"]
+    assert list(test.labels) == [0, 2] and tuple(test.images[1, 0, 0]) == (0, 0, 255)
+    (tmp_path / "r" / "test" / "emu").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "r" / "test" / "emu" / "0.png")
+    with pytest.raises(CnnlabError, match="emu"):
+        load_image_folder(tmp_path / "r", "test")
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    (tmp_path / "a" / "x").mkdir(parents=True)
+    ramp = np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "a" / "x" / "0.png")
+    images = ImageFolder(tmp_path / "a", color="gray").load().images
+    assert np.array_equal(images[0], np.rint(ramp / 257).astype(np.uint8))
+    (tmp_path / "a" / "x" / "0.png").unlink()
+    Image.fromarray(ramp.astype(np.int32) * 1000).save(tmp_path / "a" / "x" / "0.tif")
+    with pytest.raises(FileFormatError, match="32-bit"):
+        ImageFolder(tmp_path / "a").load()
+
+
 def test_image_folder_errors(tmp_path):
     write_folder(tmp_path / "mixed", sizes=((6, 8), (7, 8)))
     with pytest.raises(CnnlabError, match="--size"):
@@ -219,6 +248,8 @@ def test_cifar10_from_archive_and_folder(tmp_path):
     for where in (tmp_path / "x", tmp_path / "x" / "cifar-10-batches-py"):
         assert np.array_equal(load_cifar10(where, "train").images, train.images)
     assert np.array_equal(load_dataset(str(archive), "test").labels, test.labels)
+    # the folder `cnnlab data fetch cifar10 --dir D` leaves: D holding the archive
+    assert np.array_equal(load_dataset(str(tmp_path), "test").labels, test.labels)
 
 
 def test_cifar_reads_python2_pickles(tmp_path):

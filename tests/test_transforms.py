@@ -167,6 +167,25 @@ def test_stretch_and_shear_matrices_move_points_as_documented():
     assert np.allclose(grid[1, 2], 4 + (np.arange(9) - 4) / 2)     # output x samples input x/2
 
 
+def test_warps_blend_with_the_fill_at_the_edge():
+    """A tiny rotation, shrink or sub-pixel shift no longer blanks whole border rows: the
+    image continues with the fill beyond its edge and bilinear sampling blends the two."""
+    from cnnlab.data.geometric import rotation_matrix, scale_matrix, translation_matrix, warp
+    x = np.full((32, 32), 200, np.uint8)
+    assert not (warp(x, rotation_matrix(1)) == 0).any()
+    assert not (warp(x, scale_matrix(0.999)) == 0).any()
+    col = warp(np.full((5, 6), 100, np.uint8), translation_matrix(0.3, 0))[:, 0]
+    assert np.all(col == 70)
+    with pytest.raises(ValueError, match="finite"):
+        RandomRotation(float("nan"))
+
+
+def test_color_jitter_leaves_alpha_alone():
+    rgba = np.random.default_rng(0).integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    out = ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5)(rgba, np.random.default_rng(2))
+    assert out.shape == rgba.shape and np.array_equal(out[:, :, 3], rgba[:, :, 3])
+
+
 def test_compose_fuses_consecutive_warps_into_one_resampling(rgb):
     there_and_back = Compose([RandomRotation((30, 30)), RandomRotation((-30, -30))])
     assert np.array_equal(there_and_back(rgb, rng()), rgb)         # one exact identity, no blur

@@ -184,9 +184,21 @@ def load_cifar100(path, split: str = "train", label: str = "fine") -> ArrayDatas
     return ArrayDataset(x, y, classes, f"cifar100{suffix}/{split}", str(path))
 
 
+def _archive_in(folder: Path) -> Path | None:
+    """The CIFAR archive a folder holds (as `cnnlab data fetch --dir` leaves it), or None."""
+    for name in ("cifar10", "cifar100"):
+        candidate = folder / SOURCES[name]["filename"]
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def is_cifar_path(path) -> bool:
-    """A CIFAR python-version archive (by name) or an extracted folder (by its meta file)."""
+    """A CIFAR python-version archive (by name), an extracted folder (by its meta file), or a
+    folder holding the archive."""
     path = Path(path)
+    if path.is_dir() and _archive_in(path) is not None:
+        return True
     if path.is_file():
         return path.name in (SOURCES["cifar10"]["filename"], SOURCES["cifar100"]["filename"])
     if path.is_dir():
@@ -198,6 +210,10 @@ def is_cifar_path(path) -> bool:
 def load_cifar_path(path, split: str = "train") -> ArrayDataset:
     """Registry handler: read ``split`` from a CIFAR-10 or CIFAR-100 archive or folder."""
     path = Path(path)
+    if path.is_dir() and not any((path / sub).is_dir() for sub in
+                                 ("cifar-10-batches-py", "cifar-100-python")) \
+            and not (path / "batches.meta").is_file() and not (path / "meta").is_file():
+        path = _archive_in(path) or path
     if path.is_file():
         is_100 = path.name == SOURCES["cifar100"]["filename"]
     else:

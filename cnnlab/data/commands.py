@@ -48,8 +48,10 @@ def register(subparsers) -> None:
                     "Without SPEC, list the data sets cnnlab knows and whether each is "
                     "on this machine.")
     info.add_argument("spec", metavar="SPEC", nargs="?", default=None,
-                      help="a data set name (see `cnnlab data info`) or a path to a folder "
-                           "of IDX files or a Kaggle digit-recognizer CSV")
+                      help="a data set name (see `cnnlab data info`) or a path: a folder of IDX "
+                           "files, an image folder (CLASS/IMAGE or train/ and test/), a packed "
+                           ".cnnpack file, a CIFAR archive or folder, or a Kaggle "
+                           "digit-recognizer CSV")
     info.set_defaults(func=info_command)
 
     from cnnlab.data.pack_commands import register_data_subcommands

@@ -5,7 +5,8 @@ centre ((W - 1) / 2, (H - 1) / 2). A :class:`Warp` is a chain of maps from input
 output positions: affine maps (3x3 homogeneous matrices, adjacent ones multiplied into
 one) and radial lens maps. To apply it, the output pixel grid is pulled back through the
 chain (inverse affine maps; the lens map below), and the input is sampled once at the
-resulting positions with ``scipy.ndimage.map_coordinates`` (bilinear, ``fill`` outside).
+resulting positions with ``scipy.ndimage.map_coordinates`` (bilinear, blending with
+``fill`` beyond the edge).
 
 Lens distortion with coefficient k: an output point at normalised radius r (1 at the
 image corners) is sampled from radius r' = r (1 + k r^2). k > 0 pulls content towards
@@ -122,8 +123,9 @@ class Warp:
     def apply(self, image, fill: float = 0.0, order: int = 1) -> np.ndarray:
         """Resample ``image`` (H, W) or (H, W, C) through the warp; same shape and dtype.
 
-        ``order`` is the spline order of map_coordinates (1: bilinear); positions outside
-        the input take ``fill``.
+        ``order`` is the spline order of map_coordinates (1: bilinear); the input is taken
+        to continue with ``fill`` beyond its edge ("grid-constant"), so a position half a
+        pixel outside blends the edge pixel with ``fill`` instead of becoming ``fill``.
         """
         image = check_image(image)
         if self.is_identity():
@@ -133,7 +135,7 @@ class Warp:
         out = np.empty(planes.shape, dtype=np.float32)
         for c in range(planes.shape[0]):                 # contiguous planes sample faster
             map_coordinates(planes[c], grid, output=out[c], order=order,
-                            mode="constant", cval=float(fill))
+                            mode="grid-constant", cval=float(fill))
         out = out[0] if image.ndim == 2 else out.transpose(1, 2, 0)
         return cast_like(out, image)
 
@@ -154,6 +156,8 @@ def _symmetric(v, name: str, low=None, high=None) -> tuple[float, float] | None:
         return None
     if np.isscalar(v):
         a = float(v)
+        if not math.isfinite(a):
+            raise ValueError(f"{name} must be a finite number, got {v}")
         if a < 0:
             raise ValueError(f"{name} must be >= 0 (a range half-width) or a (low, high) pair, got {v}")
         if a == 0:
@@ -164,8 +168,8 @@ def _symmetric(v, name: str, low=None, high=None) -> tuple[float, float] | None:
             lo, hi = (float(t) for t in v)
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be a number or a (low, high) pair, got {v!r}") from None
-        if lo > hi:
-            raise ValueError(f"{name} must be (low, high) with low <= high, got {v!r}")
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+            raise ValueError(f"{name} must be (low, high) finite with low <= high, got {v!r}")
     if (low is not None and lo <= low) or (high is not None and hi >= high):
         raise ValueError(f"{name} range ({lo}, {hi}) must lie inside ({low}, {high})")
     return lo, hi

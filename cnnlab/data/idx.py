@@ -17,6 +17,7 @@ their name). A file whose header or size does not add up raises
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -54,7 +55,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
                               f"{header} bytes for {ndim} dimensions; the file is truncated")
     shape = tuple(int(s) for s in np.frombuffer(data, ">u4", count=ndim, offset=4))
     dtype = np.dtype(DTYPES[code])
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize      # exact: no int64 overflow
     if len(data) < expected:
         raise FileFormatError(f"{path}: data ends at byte {len(data)} but the header (shape "
                               f"{shape}, {dtype.newbyteorder('=').name}) needs {expected} bytes; "

@@ -47,11 +47,17 @@ class ImageFolder:
         (bilinear, aspect ratio not kept).
     color: "rgb" -> uint8 (H, W, 3); "gray" -> uint8 (H, W).
 
+    classes: the class names in label order (default: the sub-folders', sorted); a split
+        other than the training one gets the training split's, so that labels agree
+        (``split_classes``); a sub-folder not among them is an error.
+
     ``len(folder)``, ``folder[i] -> (image, label)``, ``files``, ``labels`` int64,
     ``classes``, ``name``; ``load()`` decodes everything into an ArrayDataset.
+    16-bit grey images are scaled to 8 bits (value / 257); 32-bit ones are refused.
     """
 
-    def __init__(self, root, size=None, color: str = "rgb", name: str | None = None):
+    def __init__(self, root, size=None, color: str = "rgb", name: str | None = None,
+                 classes=None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise CnnlabError(f"{self.root}: no such folder; an image folder has one sub-folder "
@@ -61,12 +67,16 @@ class ImageFolder:
         self.size = None if size is None else size_pair(size)
         self.color = color
         folders = class_folders(self.root)
-        self.classes = [p.name for p in folders]
+        self.classes = [p.name for p in folders] if classes is None else list(classes)
+        unknown = [p.name for p in folders if p.name not in self.classes]
+        if unknown:
+            raise CnnlabError(f"{self.root}: class folder(s) {', '.join(unknown)} are not among "
+                              f"the training split's classes ({', '.join(self.classes)})")
         files, labels = [], []
-        for label, folder in enumerate(folders):
+        for folder in folders:
             found = _image_files(folder)
             files += found
-            labels += [label] * len(found)
+            labels += [self.classes.index(folder.name)] * len(found)
         if not files:
             raise CnnlabError(
                 f"{self.root}: no images found; expected ROOT/CLASS/IMAGE with extensions "
@@ -85,6 +95,7 @@ class ImageFolder:
         """Decode one file, converted to ``color`` and resized to ``size``."""
         try:
             with Image.open(path) as im:
+                im = _to_8_bits(im, path)
                 im = im.convert(COLORS[self.color])
                 if self.size is not None and im.size != (self.size[1], self.size[0]):
                     im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
@@ -107,6 +118,27 @@ class ImageFolder:
                     f"(ImageFolder(size=...) or --size HxW)")
             images[i] = image
         return ArrayDataset(images, self.labels, list(self.classes), self.name, str(self.root))
+
+
+def _to_8_bits(im, path):
+    """16-bit grey ("I;16*") as 8-bit grey, value / 257 rounded; 32-bit modes refused (their
+    range is not known); everything else as it is (``convert`` handles it)."""
+    if im.mode.startswith("I;16"):
+        a = np.asarray(im, dtype=np.float64)
+        return Image.fromarray(np.rint(a / 257.0).astype(np.uint8), mode="L")
+    if im.mode in ("I", "F"):
+        raise FileFormatError(f"{path}: a 32-bit {'integer' if im.mode == 'I' else 'float'} "
+                              f"image; convert it to 8 or 16 bits per channel")
+    return im
+
+
+def split_classes(path, split: str):
+    """The class list split ``split`` of the image folder ``path`` labels with: the training
+    split's sub-folders for any other split of a train/ + test/ folder, else None (its own)."""
+    train = Path(path) / "train"
+    if split != "train" and train.is_dir() and _has_class_images(train):
+        return [p.name for p in class_folders(train)]
+    return None
 
 
 def is_image_folder(path) -> bool:
@@ -145,7 +177,8 @@ def split_folder(path, split: str) -> Path:
 def load_image_folder(path, split: str = "train", size=None, color: str = "rgb") -> ArrayDataset:
     """Registry handler: decode split ``split`` of an image folder into an ArrayDataset."""
     folder = split_folder(path, split)
-    return ImageFolder(folder, size=size, color=color, name=f"{Path(path).name}/{split}").load()
+    return ImageFolder(folder, size=size, color=color, name=f"{Path(path).name}/{split}",
+                       classes=split_classes(path, split)).load()
 
 
 register_path_handler("image-folder", is_image_folder, load_image_folder,

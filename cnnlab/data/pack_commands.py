@@ -20,7 +20,7 @@ from ..io.atomic import atomic_write
 from .dataset import ArrayDataset
 from .geometric import RandomLens, RandomRotation, RandomShear, RandomStretch, RandomTranslate
 from .imageops import resize
-from .imagefolder import ImageFolder, is_image_folder, split_folder
+from .imagefolder import ImageFolder, is_image_folder, split_classes, split_folder
 from .packed import SUFFIX, pack_dataset
 from .transforms import (ColorJitter, HorizontalFlip, PCALighting, RandomCrop, RandomResizedCrop,
                          ScaleAugmentation, pca_lighting_basis)
@@ -85,7 +85,8 @@ def pack_command(args: argparse.Namespace) -> int:
     if source.is_dir() and is_image_folder(source):
         folder = split_folder(source, args.split)
         dataset = ImageFolder(folder, size=args.size, color=args.color,
-                              name=f"{source.name}/{args.split}")
+                              name=f"{source.name}/{args.split}",
+                              classes=split_classes(source, args.split))
     else:
         from .registry import load_dataset
         dataset = load_dataset(args.source, args.split)

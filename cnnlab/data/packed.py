@@ -190,7 +190,8 @@ def _check_header(path: Path, h) -> None:
 
 
 class PackedDataset(ArrayDataset):
-    """A packed file opened as an ArrayDataset whose ``images`` are a read-only memmap.
+    """A packed file opened as an ArrayDataset whose ``images`` are a read-only view of a
+    memory map (``images.base`` is the ``np.memmap``; nothing is read until used).
 
     ``images``: uint8 (N, H, W) or (N, H, W, C) backed by the file (pages are read on
     access); ``labels``: int64 (N,) in memory; ``classes``, ``name``, ``source`` (the

@@ -156,7 +156,7 @@ def load_idx_folder(path: Path, split: str, classes: list[str] | None = None,
     """
     found = find_idx_split(path, split)
     if found is None:
-        prefix = "train" if split == "train" else "t10k"
+        prefix = "train" if split == "train" else "t10k (or test)"
         raise FileFormatError(f"{path}: no {split} IDX files ({prefix}-images-idx3-ubyte[.gz] "
                               f"and {prefix}-labels-idx1-ubyte[.gz])")
     images, labels = (read_idx(f) for f in found)
@@ -172,10 +172,17 @@ def load_idx_folder(path: Path, split: str, classes: list[str] | None = None,
 
 
 def _folder_classes(path: Path, labels: np.ndarray) -> list[str]:
+    """classes.txt's lines, else "0" .. the largest label of either split (so that both
+    splits of a folder name the same classes, whichever labels one of them lacks)."""
     listed = path / "classes.txt"
     if listed.is_file():
         return [line.strip() for line in listed.read_text().splitlines() if line.strip()]
-    return [str(c) for c in range(int(labels.max(initial=0)) + 1)]
+    top = int(labels.max(initial=0))
+    for split in SPLITS:
+        found = find_idx_split(path, split)
+        if found is not None:
+            top = max(top, int(read_idx(found[1]).max(initial=0)))
+    return [str(c) for c in range(top + 1)]
 
 
 def _cached_folder(name: str, extra: tuple[Path, ...] = ()) -> Path | None:

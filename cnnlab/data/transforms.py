@@ -267,6 +267,8 @@ class ColorJitter(Transform):
     def __call__(self, image, rng):
         image = check_image(image)
         check_rng(rng)
+        if image.ndim == 3 and image.shape[2] == 4:     # RGBA: the alpha channel stays as it is
+            return np.concatenate([self(image[:, :, :3], rng), image[:, :, 3:]], axis=2)
         x = image.astype(np.float32)
         rgb = x.ndim == 3 and x.shape[2] == 3
         if self.brightness:
@@ -306,7 +308,7 @@ def pca_lighting_basis(images, chunk: int = 256) -> tuple[np.ndarray, np.ndarray
         total += px.sum(axis=0)
         outer += px.T @ px
     if n < 2:
-        raise ValueError("pca_lighting_basis needs at least two pixels")
+        raise ShapeError("pca_lighting_basis needs at least two pixels")
     mean = total / n
     cov = (outer - n * np.outer(mean, mean)) / (n - 1)
     eigvals, eigvecs = np.linalg.eigh(cov)

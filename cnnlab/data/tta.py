@@ -27,8 +27,8 @@ def ten_crop_positions(height: int, width: int, size) -> list[tuple[int, int]]:
 
 
 def ten_crop(image, size) -> np.ndarray:
-    """The four corner crops and the centre crop of ``size``, then the same five of the
-    horizontally flipped image: (10, h, w[, C])."""
+    """The four corner crops and the centre crop of ``size``, then each of those five
+    mirrored left-right (in the same order): (10, h, w[, C])."""
     image = check_image(image)
     return ten_crop_batch(image[None], size)[0]
 
@@ -38,7 +38,8 @@ def ten_crop_batch(images, size) -> np.ndarray:
 
     crops[n, k] for k < 5 is images[n] at window k of :func:`ten_crop_positions`
     (top-left, top-right, bottom-left, bottom-right, centre); crops[n, k + 5] is
-    crops[n, k] flipped left-right (= the same window of the flipped image, mirrored).
+    crops[n, k] flipped left-right (the same set as the five windows of the flipped image,
+    in another order).
     """
     images = _check_batch(images)
     h, w = size_pair(size)

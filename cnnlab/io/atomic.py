@@ -13,7 +13,7 @@ import secrets
 _WRITE_MODES = {"wb", "w", "wt"}
 
 
-def _open_temporary(directory, base):
+def open_temporary(directory, base):
     """Create a fresh temporary file next to the destination; returns (fd, path).
 
     Created with O_EXCL and mode 0o666, so the process umask gives the file the same
@@ -66,7 +66,7 @@ def atomic_write(path, mode="wb", encoding=None):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
-    fd, temp = _open_temporary(directory, os.path.basename(path))
+    fd, temp = open_temporary(directory, os.path.basename(path))
     try:
         if binary:
             f = os.fdopen(fd, "wb")
