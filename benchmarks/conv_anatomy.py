@@ -29,6 +29,9 @@ Parts (2 threads by default, ``--threads``; times are the best of ``--repeat`` r
                 measured in the same run); each piece timed repeated ("warm": its arrays
                 stay in cache) and after 256 MB were touched ("cold", as in a training
                 step, where the other passes' arrays have pushed them out)
+    blocking    one thread, F(4x4) 512->512 at 28x28: the 36 GEMMs with U per block of
+                output channels computed just before (so it stays in cache), against U
+                streamed whole; and the transposed orientation V^T U^T of one GEMM
 """
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ from cnnlab.conv.threads import (blas_threads, even_blocks, get_num_threads,  # 
                                  parallel_map, pool_region)
 
 WARM = 0.2
-PARTS = ("alloc", "malloc", "transforms", "passes", "sequence", "plans", "bound")
+PARTS = ("alloc", "malloc", "transforms", "passes", "sequence", "plans", "bound", "blocking")
 
 
 def ms(fn, repeat):
@@ -351,6 +354,44 @@ def part_bound(repeat):
               f"{gemms_only[state]:.1f} ms = {total_flops / gemms_only[state] / 1e6 / sgemm:.2f}x")
 
 
+def part_blocking(repeat):
+    c, a2, nt = 512, 36, 49
+    rng = np.random.default_rng(7)
+    w9 = rng.standard_normal((c * c, 9), dtype=np.float32)
+    kg = W.matrices(4, "<f4")[3]                          # (36, 9): U = kg @ w9^T
+    v = rng.standard_normal((a2, c, nt), dtype=np.float32)
+    flops = 2 * a2 * c * c * nt
+    with blas_threads(1):
+        u = np.empty((a2, c * c), np.float32)
+        mm = np.empty((a2, c, nt), np.float32)
+        t_u = ms(lambda: np.matmul(kg, w9.T, out=u), repeat)
+        u3 = u.reshape(a2, c, c)
+        t_g = ms(lambda: np.matmul(u3, v, out=mm), repeat)
+        print(f"U whole {t_u:.2f} ms, then 36 GEMMs reading it {t_g:.2f} ms "
+              f"({flops / t_g / 1e6:.0f} GFLOP/s)")
+        for ob in (16, 32, 64, 128):
+            ub = np.empty((a2, ob * c), np.float32)
+            out = np.empty((a2, ob, nt), np.float32)
+
+            def blocked():
+                for o0 in range(0, c, ob):
+                    np.matmul(kg, w9[o0 * c:(o0 + ob) * c].T, out=ub)
+                    np.matmul(ub.reshape(a2, ob, c), v, out=out)
+            t_u = ms(lambda: np.matmul(kg, w9[:ob * c].T, out=ub), repeat) * (c // ob)
+            t = ms(blocked, repeat)
+            print(f"U per block of {ob} output channels: U {t_u:.2f} ms in all, GEMMs "
+                  f"{t - t_u:.2f} ms ({flops / max(t - t_u, 1e-9) / 1e6:.0f} GFLOP/s), "
+                  f"together {t:.2f} ms")
+        u1, v1 = u3[0].copy(), v[0].copy()
+        ut, vt = np.ascontiguousarray(u1.T), np.ascontiguousarray(v1.T)
+        o1, o2 = np.empty((c, nt), np.float32), np.empty((nt, c), np.float32)
+        t1 = ms(lambda: np.matmul(u1, v1, out=o1), repeat)
+        t2 = ms(lambda: np.matmul(vt, ut, out=o2), repeat)
+        f1 = 2 * c * c * nt
+        print(f"one 512x512x49 GEMM, U in cache: U @ V {f1 / t1 / 1e6:.0f} GFLOP/s, "
+              f"V^T @ U^T {f1 / t2 / 1e6:.0f} GFLOP/s")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("parts", nargs="*", metavar="PART",
@@ -378,8 +419,10 @@ def main(argv=None) -> int:
             part_sequence(args.repeat)
         elif part == "plans":
             part_plans(args.repeat)
-        else:
+        elif part == "bound":
             part_bound(args.repeat)
+        else:
+            part_blocking(args.repeat)
     return 0
 
 
