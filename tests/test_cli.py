@@ -129,6 +129,8 @@ def test_train_eval_and_resume(capsys, tmp_path):
     assert_one_line_error(code, err, "--resume")
     code, _, err = run(capsys, "train", "--resume", str(out), "--lr", "0.5")
     assert_one_line_error(code, err, "--lr 0.5 differs")
+    code, _, err = run(capsys, "train", "--resume", str(out), "--format", "safetensors")
+    assert_one_line_error(code, err, "--format safetensors differs")
     code, stdout, err = run(capsys, "train", "--resume", str(out), "--epochs", "2", "--quiet")
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())

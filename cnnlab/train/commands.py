@@ -130,8 +130,8 @@ def _register_train(subparsers) -> None:
                         "a checkpoint file (without RUN: the --out folder). Model, data and "
                         "hyper-parameters come from the checkpoint; the result is bit-identical "
                         "to an uninterrupted run. Give --epochs to train longer")
-    p.add_argument("--format", choices=("npz", "safetensors"), default="npz",
-                   help="checkpoint file format (default npz)")
+    p.add_argument("--format", choices=("npz", "safetensors"), default=None,
+                   help="checkpoint file format (default npz; a resumed run keeps its own)")
     p.add_argument("--workers", type=int, metavar="K", default=None,
                    help="background workers that prepare augmented batches while the model "
                         "trains (default: 1 with augmentation, which kept the time spent "
@@ -267,7 +267,8 @@ def _train(args, ckpt, settings: dict, out_dir: Path) -> int:
                       epochs=settings["epochs"], progress=not args.quiet, transform=transform,
                       config=config, num_workers=_workers(args.workers, transform),
                       worker_mode=args.worker_mode,
-                      checkpoint_format=Path(ckpt.path).suffix if ckpt else "." + args.format,
+                      checkpoint_format=Path(ckpt.path).suffix if ckpt
+                      else "." + (args.format or "npz"),
                       log=None if args.quiet else print)
     if ckpt is not None:
         trainer.restore(ckpt)
@@ -383,6 +384,9 @@ def _resume_settings(args):
     if args.limit is not None and args.limit != settings.get("limit"):
         raise CnnlabError(f"--limit {args.limit} differs from the run being resumed "
                           f"({settings.get('limit')}); drop --limit to resume")
+    if args.format is not None and "." + args.format != Path(ckpt.path).suffix:
+        raise CnnlabError(f"--format {args.format} differs from the run being resumed "
+                          f"({Path(ckpt.path).suffix[1:]}); drop --format to resume")
     done = int(ckpt.info.get("epoch", 0))
     if args.epochs is not None:
         if args.epochs <= done:
@@ -439,10 +443,12 @@ def _model_config(s: dict, train_ds) -> dict:
 def _check_model_fits(model, train_ds, s: dict) -> None:
     """One image through the untrained model (eval mode: no state changes), so that a model
     that cannot take this data fails now, with the reason, instead of mid-epoch."""
+    from ..conv import default_algo
     x = train_ds.subset([0]).as_float()
     shape = "x".join(str(v) for v in x.shape[1:])
     try:
-        scores = model.eval().forward(x)
+        with default_algo("im2col"):        # one image: not worth timing algorithms for
+            scores = model.eval().forward(x)
     except CnnlabError as err:
         raise CnnlabError(f"--model {s['model']} cannot take the {shape} (CxHxW) images of "
                           f"--data {s['data']} ({err}); choose a model made for such images "
