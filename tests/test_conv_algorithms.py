@@ -317,6 +317,22 @@ def test_auto_measures_once_and_caches_in_memory(fresh_chooser, monkeypatch):
     assert conv.select(g, "forward") is ALGORITHMS[first.algo]
 
 
+def test_a_smaller_batch_takes_the_larger_batch_choice(fresh_chooser, monkeypatch):
+    """An epoch's last, smaller batch runs as the full batches did: no second timing."""
+    big = ConvGeometry.of((4, 16, 32, 32), (16, 16, 3, 3), padding=1)
+    small, larger = (ConvGeometry.of((n, 16, 32, 32), (16, 16, 3, 3), padding=1) for n in (3, 6))
+    first = conv.explain(big, "forward")
+    plan = conv.select_step(big)
+    assert first.how == "measured"
+    monkeypatch.setattr(fresh_chooser, "_measure", lambda *a: pytest.fail("timed again"))
+    monkeypatch.setattr(fresh_chooser, "_measure_steps", lambda *a: pytest.fail("timed again"))
+    tail = conv.explain(small, "forward")
+    assert tail.how == "larger batch" and tail.algo == first.algo
+    assert conv.select_step(small) == plan
+    with pytest.raises(BaseException, match="timed again"):     # a larger batch is measured
+        conv.explain(larger, "forward")
+
+
 def test_tiny_geometries_use_the_heuristic(fresh_chooser, monkeypatch):
     monkeypatch.setattr(fresh_chooser, "_measure", lambda *a: pytest.fail("tiny case measured"))
     g = ConvGeometry.of((1, 3, 8, 8), (4, 3, 3, 3), padding=1)

@@ -70,7 +70,8 @@ REUSE_SLACK = 1.15              # a held prepared algorithm within 15% of the fa
 
 @dataclass
 class Choice:
-    """What auto picked for one key, and how: 'measured', 'heuristic', 'only' or 'disk'."""
+    """What auto picked for one key, and how: 'measured', 'heuristic', 'only', 'disk',
+    'checkpoint' or 'larger batch' (the pick of the same layer at a larger batch)."""
 
     algo: str
     how: str
@@ -336,6 +337,8 @@ class Chooser:
             disk = self._disk_entries().get(key)
             if isinstance(disk, dict):
                 hit = Choice(disk.get("algo", ""), "disk", dict(disk.get("times_ms") or {}))
+        if hit is None:             # an epoch's last, smaller batch: as the full batches
+            hit = self._larger_batch(key, g)
         if hit is not None:         # filed (measured, disk, checkpoint): used if it is valid
             plan = StepPlan.from_code(hit.algo)
             if plan is not None and self._plan_ok(plan, g, dtype, need_dx, need_dw):
@@ -470,8 +473,11 @@ class Chooser:
             return hit
         names = self.candidates(g, pass_, dtype)
         disk = self._disk_entries().get(key) if self.cache_file is not None else None
+        larger = self._larger_batch(key, g)
         if disk is not None and disk.get("algo") in names:
             choice = Choice(disk["algo"], "disk", dict(disk.get("times_ms", {})))
+        elif larger is not None and larger.algo in names:
+            choice = larger
         elif len(names) == 1:
             choice = Choice(names[0], "only")
         elif not self.measure or g.macs < TINY_MACS:
@@ -500,6 +506,23 @@ class Chooser:
         order = [first] + [n for n in names if n != first]
         return self._time_runs({n: _runner(ALGORITHMS[n], pass_, args, g, prepared)
                                 for n in order})
+
+    def _larger_batch(self, key: str, g):
+        """The choice made in memory for the same key with the largest batch above ``g.n``
+        (how="larger batch"), or None: an epoch's last, smaller batch (or a smaller
+        evaluation batch) runs as the full ones did instead of timing everything again."""
+        head, sep, tail = key.partition(f"|n{g.n} c")
+        if not sep:
+            return None
+        best, best_n = None, g.n
+        for k, choice in self.choices.items():
+            if not k.startswith(head + "|n"):
+                continue
+            n, sep2, rest = k[len(head) + 2:].partition(" c")
+            if sep2 and rest == tail and n.isdigit() and int(n) > best_n:
+                best, best_n = choice, int(n)
+        return None if best is None else Choice(best.algo, "larger batch",
+                                                dict(best.times_ms))
 
     def _announce(self, line: str) -> None:
         if self.notify is not None:
