@@ -341,7 +341,8 @@ def test_option_errors():
         stylize(None, None, None, style_layers="relu9_1", weights="random", progress=False)
     with pytest.raises(CnnlabError, match="optimizer"):
         stylize(None, None, None, optimizer="sgd", weights="random", progress=False)
-    for kw, words in ((dict(learning_rate=0.0), "learning_rate must be a positive"),
+    for kw, words in ((dict(style_layers="relu1_1,relu1_1"), "given more than once"),
+                      (dict(learning_rate=0.0), "learning_rate must be a positive"),
                       (dict(learning_rate=-1.0), "learning_rate must be a positive"),
                       (dict(style_weight=-1.0), "style_weight must be a finite number, 0"),
                       (dict(tv_weight=float("nan")), "tv_weight"),
@@ -398,7 +399,7 @@ def test_ctrl_c_saves_the_image_so_far(tmp_path, capsys, monkeypatch):
                               "--style-layers", "relu1_1", "--content-layers", "relu1_1"])
     assert args.func(args) == 130
     err = capsys.readouterr().err
-    assert "interrupted; the image after iteration 3" in err and out.is_file()
+    assert "interrupted; the image after iteration 2" in err and out.is_file()   # 1 + 2 evals
 
 
 def test_preprocessing_round_trip():
@@ -409,3 +410,14 @@ def test_preprocessing_round_trip():
         np.testing.assert_allclose(prep.from_net(x), img, atol=1e-12)
     assert CAFFE.to_net(np.ones((1, 1, 3)) * np.array([1.0, 0.0, 0.0]), np.float64)[0, 2, 0, 0] == \
         pytest.approx(255 - 123.68)             # red lands in the last (R of BGR) channel
+
+
+def test_adam_history_describes_the_saved_image():
+    """Iteration k's recorded loss is the loss of the image after k steps (it was the loss
+    before step k), so the last entry is the returned image's."""
+    kw = dict(image_size=32, num_iterations=2, weights="random", progress=False, quiet=True,
+              style_layers="relu1_1", content_layers="relu2_1", print_every=0, save_every=0)
+    small, big = (stylize(None, None, None, optimizer="adam", learning_rate=lr, **kw)
+                  for lr in (1e-6, 1e4))
+    assert small.evaluations == 3 and [n for n, _ in small.history["total"]] == [1, 2]
+    assert small.history["total"][0][1] != big.history["total"][0][1]

@@ -119,3 +119,14 @@ def test_bad_mode_and_shapes_are_reported():
         L.style_loss_forward(f, np.zeros((1, 3, 3)))
     with pytest.raises(ValueError, match="content target"):
         L.content_loss_forward(f, np.zeros((1, 2, 3, 4)))
+
+
+def test_every_loss_is_summed_over_the_batch():
+    """Stacking one sample twice doubles each loss, johnson's content loss included (it was
+    the mean over the whole batch)."""
+    rng = np.random.default_rng(4)
+    f, p = rng.standard_normal((1, 3, 4, 5)), rng.standard_normal((1, 3, 4, 5))
+    two = lambda a: np.concatenate([a, a])       # noqa: E731
+    for mode in ("gatys", "johnson"):
+        one = L.content_loss_forward(f, p, 1.0, mode)[0]
+        assert L.content_loss_forward(two(f), two(p), 1.0, mode)[0] == pytest.approx(2 * one)

@@ -2,6 +2,8 @@
 with cross-validation, new heads and finetuning, the commands and the experiments."""
 import argparse
 
+import json
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize
@@ -98,6 +100,9 @@ def test_set_lr_mult_first_match_wins_and_unknown_patterns_fail():
     assert out["fc.weight"] == 1.0 and out["layer4.1.bn2.bias"] == 0.1 and out["conv1.weight"] == 0.01
     with pytest.raises(CnnlabError, match="'head' match no layer"):
         set_lr_mult(m, {"head": 1.0})
+    # a pattern that matches but never wins (an earlier one always does) is no error
+    out = set_lr_mult(m, {"conv*": 0.5, "conv1": 0.2})
+    assert out["conv1.weight"] == 0.5
 
 
 # ------------------------------------------------------------------------- feature extraction
@@ -308,6 +313,16 @@ def test_finetune_command_writes_an_evaluable_run(tmp_path, small_model_file, ca
     with pytest.raises(CnnlabError, match="already holds a run"):
         _cli(["finetune", str(small_model_file), "--data", "mnist-5k-digits5-9", "--epochs",
               "1", "--out", str(run), "--quiet"])
+    # --slide-lrs with a glob --lr-mult: the user's pattern wins where it matches
+    assert _cli(["finetune", str(small_model_file), "--data", "mnist-5k-digits5-9",
+                 "--per-class", "2", "--epochs", "1", "--slide-lrs", "--lr-mult", "conv*=0.5",
+                 "--out", str(tmp_path / "slide"), "--quiet"]) == 0
+    mults = json.loads((tmp_path / "slide" / "metrics.json").read_text())["run"]["finetune"][
+        "lr_mult"]
+    assert mults["conv*"] == 0.5
+    with pytest.raises(CnnlabError, match="--top applies to --slide-lrs"):
+        _cli(["finetune", str(small_model_file), "--data", "mnist-5k-digits5-9", "--top", "fc1",
+              "--out", str(tmp_path / "r4")])
     for flag, value in (("--batch-size", "0"), ("--per-class", "0"), ("--per-class", "-2"),
                         ("--epochs", "0"), ("--lr", "inf")):
         with pytest.raises(CnnlabError, match=flag):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from ..errors import CnnlabError
 
@@ -176,11 +177,18 @@ def zoo_import_command(args) -> int:
 
     if args.classes is not None and args.classes < 1:
         raise CnnlabError(f"--classes must be at least 1, got {args.classes}")
+    from .registry import default_input
     model = load_torchvision(args.weights, arch=args.arch, num_classes=args.classes)
-    info = ModelInfo(arch=model.arch, num_classes=find_classes(model), in_channels=3,
-                     input_shape=(3, 224, 224),
-                     preprocessing={"scale": 1 / 255, "mean": [0.485, 0.456, 0.406],
-                                    "std": [0.229, 0.224, 0.225]},
+    shape = tuple(default_input(model.arch))
+    imagenet = shape == (3, 224, 224)   # torchvision's own models: ImageNet preprocessing
+    preprocessing = ({"scale": 1 / 255, "mean": [0.485, 0.456, 0.406],
+                      "std": [0.229, 0.224, 0.225]} if imagenet else {"scale": 1 / 255})
+    if not imagenet:
+        print(f"cnnlab: note: {model.arch} imported with input {'x'.join(map(str, shape))} "
+              f"and no mean/std normalisation recorded; edit the model file's preprocessing "
+              f"if the weights were trained with one", file=sys.stderr)
+    info = ModelInfo(arch=model.arch, num_classes=find_classes(model), in_channels=shape[0],
+                     input_shape=shape, preprocessing=preprocessing,
                      dataset="imported", command=f"cnnlab zoo import {args.weights} -o {args.output}",
                      name=os.path.basename(args.output))
     save_model(args.output, model, info)

@@ -78,7 +78,8 @@ def _register_style(subparsers):
     g.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs",
                    help="L-BFGS (history 100) or Adam")
     g.add_argument("--learning-rate", type=float, default=None,
-                   help="L-BFGS step scale (default 1) or Adam step (default 10 grey levels)")
+                   help="L-BFGS step scale (default 1), or Adam's step in grey levels "
+                        "(0-255 pixel units, default 10)")
     g.add_argument("--num-iterations", type=int, default=1000)
     g.add_argument("--print-every", type=int, default=50, help="0: never")
     g.add_argument("--save-every", type=int, default=100, help="save OUT_<iteration>; 0: never")

@@ -136,9 +136,10 @@ def content_loss_forward(f, target, weight=1.0, mode="gatys", normalize_gradient
     if mode == "gatys":
         loss = 0.5 * _sumsq(d)
         coef = 1.0
-    else:
-        loss = _sumsq(d) / d.size
-        coef = 2.0 / d.size
+    else:               # the mean over each image's C*H*W values, summed over the batch
+        per_image = d.size // d.shape[0]
+        loss = _sumsq(d) / per_image
+        coef = 2.0 / per_image
     return weight * loss, (d, coef, weight, normalize_gradients)
 
 

@@ -53,6 +53,10 @@ def _names(value, what):
     value = list(value or ())
     if not value and what != "content":
         raise CnnlabError(f"no {what} layers given")
+    twice = sorted({v for v in value if value.count(v) > 1})
+    if twice:
+        raise CnnlabError(f"{what} layer(s) {', '.join(twice)} given more than once; give each "
+                          f"once (with --style-layer-weights to weigh one more)")
     return value
 
 
@@ -419,14 +423,17 @@ def _optimize(objective, x0, num_iterations, optimizer, learning_rate, prep, his
             from ..optim import Adam
 
             p = Parameter(x0.reshape(-1).copy())
-            adam = Adam([p], lr=10.0 * prep.grey_level() if learning_rate is None
-                        else learning_rate)
+            # the step is in grey levels (0-255 pixel units), whatever the network's scaling
+            step = 10.0 if learning_rate is None else learning_rate
+            adam = Adam([p], lr=step * prep.grey_level())
+            # iteration k is recorded with the loss of the image after k steps: each
+            # evaluation gives the loss of the current image and the next step's gradient
+            _, p.grad = fun(p.data)
             for it in range(1, num_iterations + 1):
-                _, p.grad = fun(p.data)
-                parts = dict(last_parts)
                 adam.step()
-                record(it, p.data, parts)
-            x, evals = p.data, num_iterations
+                _, p.grad = fun(p.data)
+                record(it, p.data, dict(last_parts))
+            x, evals = p.data, num_iterations + 1
     except KeyboardInterrupt:
         if out is None or "x" not in state:
             raise

@@ -171,9 +171,12 @@ def finetune_command(args) -> int:
     rng = np.random.default_rng(args.seed)
     head = replace_head(model, len(train.classes), rng)
     mults = parse_lr_mults(args.lr_mult)
-    if args.slide_lrs:
-        mults = {**slide_lr_mults(model, args.train_from or head_first(model), head, args.top),
-                 **mults}
+    if args.top is not None and not args.slide_lrs:
+        raise CnnlabError("--top applies to --slide-lrs; add it, or use --lr-mult")
+    if args.slide_lrs:      # the user's --lr-mult patterns first: they win where they match
+        mults = {**mults, **{k: v for k, v in slide_lr_mults(
+            model, args.train_from or head_first(model), head, args.top).items()
+            if k not in mults}}
     transform = None
     if args.augment == "shift":
         from ..data.transforms import RandomCrop

@@ -83,18 +83,17 @@ def set_lr_mult(model, rules, default: float | None = None) -> "OrderedDict[str,
     Returns parameter name -> the multiplier it now has."""
     rules = list(rules.items()) if isinstance(rules, dict) else list(rules)
     alias = display_names(model)
-    used, out = set(), OrderedDict()
+    used, out = set(), OrderedDict()      # used: patterns matching some layer (won or not)
     for layer, params in parameter_layers(model).items():
         keys = [layer] + ([alias[layer]] if layer in alias else [])
         for pname, p in params:
-            for pattern, mult in rules:
-                if any(fnmatch.fnmatchcase(k, pattern) for k in keys + [pname]):
-                    p.lr_mult = float(mult)
-                    used.add(pattern)
-                    break
-            else:
-                if default is not None:
-                    p.lr_mult = float(default)
+            matching = [(pattern, mult) for pattern, mult in rules
+                        if any(fnmatch.fnmatchcase(k, pattern) for k in keys + [pname])]
+            used.update(pattern for pattern, _ in matching)
+            if matching:
+                p.lr_mult = float(matching[0][1])
+            elif default is not None:
+                p.lr_mult = float(default)
             out[pname] = p.lr_mult
     unused = [pat for pat, _ in rules if pat not in used]
     if unused:

@@ -99,8 +99,10 @@ def detect_architecture(state) -> tuple[str, int]:
             raise CnnlabError(f"state_dict looks like a ResNet with {kind} blocks and "
                               f"{len(blocks)} blocks in layer3; cnnlab knows ResNet-18/34/50")
         return name, int(np.shape(state["fc.weight"])[0])
-    raise CnnlabError("cannot tell the architecture of this state_dict (not a torchvision VGG "
-                      "or ResNet); build the model yourself and use import_state_dict(model, sd)")
+    raise CnnlabError("cannot tell the architecture of this state_dict (only torchvision VGG "
+                      "and ResNet files are recognised); name it (`cnnlab zoo import FILE --arch "
+                      "lenet`, load_torchvision(path, arch=...)) or build the model yourself and "
+                      "use import_state_dict(model, sd)")
 
 
 def _classes_of(state) -> int:
