@@ -1,7 +1,6 @@
 """Transfer learning: freezing, per-layer learning rates, feature extraction, linear classifiers
 with cross-validation, new heads and finetuning, the commands and the experiments."""
 import argparse
-
 import json
 
 import numpy as np
