@@ -95,6 +95,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
+    finally:    # a command may have pointed the conv chooser's reports at the terminal
+        chooser = sys.modules.get("cnnlab.conv.chooser")
+        if chooser is not None:
+            chooser.CHOOSER.notify = None
 
 
 def _one_line(err: Exception) -> str:

@@ -262,30 +262,35 @@ def test_workspace_is_reported():
         ALGORITHMS["winograd4"].workspace_bytes(g, "forward", 4)
 
 
+@pytest.mark.parametrize("threads", [1, 4])
 @pytest.mark.parametrize("blocked", [False, True], ids=["whole", "blocked"])
 @pytest.mark.parametrize("shape", [(2, 8, 12, 10, 12, 3, 3, 1, 1, 1), (3, 6, 11, 9, 6, 5, 5, 1, 2, 3),
                                    (1, 24, 14, 14, 24, 3, 3, 1, 1, 1)], ids=str)
-def test_workspace_bytes_covers_the_measured_peak(shape, blocked, monkeypatch):
+def test_workspace_bytes_covers_the_measured_peak(shape, blocked, threads, monkeypatch):
     """Each algorithm's reported workspace is at least the extra memory its pass really takes
     (tracemalloc's peak less the result), within 15% and 64 KiB of Python objects; also where
     im2col's columns and FFT's kernel spectra are cut in blocks (an im2col forward once kept
-    every block's columns to the end: 6-9x its report)."""
+    every block's columns to the end: 6-9x its report), and with a pool of 4 threads (im2col's
+    weight gradient holds a partial dW per thread). Buffers of every thread are counted:
+    tracemalloc sees them all, and the calling thread's are freed first."""
     import tracemalloc
 
     from cnnlab.conv import fft, set_num_threads
+    from cnnlab.conv import threads as threads_mod
     from cnnlab.conv.winograd import clear_scratch
     if blocked:
         monkeypatch.setattr(gemm, "COLS_BYTES", 8 << 10)
         monkeypatch.setattr(fft, "BLOCK_BYTES", 16 << 10)
     g, args = _case(shape, seed=3)
     before = conv.get_num_threads()
-    set_num_threads(1)              # every buffer on this thread, freshly allocated
+    set_num_threads(threads)
     try:
         for name in ALGOS:          # not the reference (its einsums' temporaries vary)
             a = ALGORITHMS[name]
             for p in PASSES:
                 if a.supports(g, p) is not None:
                     continue
+                threads_mod.parallel_map(lambda _: clear_scratch(), range(4 * threads))
                 clear_scratch()
                 tracemalloc.start()
                 out = a.run(p, *args[p], g)
@@ -996,3 +1001,15 @@ def test_im2col_columns_kept_on_small_maps_are_used_at_any_thread_count(monkeypa
             assert np.array_equal(dw, a.backward_weight(dy, x, g))
     finally:
         threads.set_num_threads(old)
+
+
+@pytest.mark.parametrize("name", ["winograd2", "winograd4", "fft"])
+def test_algorithm_objects_refuse_what_they_cannot_run(name):
+    """Called directly (not through F.conv2d_forward or a module), an algorithm checks its
+    own supports(): Winograd on stride 2 computed a wrong result before."""
+    g = ConvGeometry.of((1, 2, 8, 8), (2, 2, 3, 3), stride=2, padding=1)
+    a, x, w, dy = ALGORITHMS[name], np.ones(g.x_shape), np.ones(g.w_shape), np.ones(g.y_shape)
+    for call in (lambda: a.forward(x, w, g), lambda: a.backward_data(dy, w, g),
+                 lambda: a.backward_weight(dy, x, g)):
+        with pytest.raises(UnsupportedConfigError, match="stride.*im2col"):
+            call()

@@ -175,8 +175,13 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     images = ImageFolder(tmp_path / "a", color="gray").load().images
     assert np.array_equal(images[0], np.rint(ramp / 257).astype(np.uint8))
     (tmp_path / "a" / "x" / "0.png").unlink()
+    # a 16-bit PGM, which Pillow opens in mode "I"
+    (tmp_path / "a" / "x" / "0.pgm").write_bytes(b"P5 8 8 65535\n" + ramp.astype(">u2").tobytes())
+    images = ImageFolder(tmp_path / "a", color="gray").load().images
+    assert np.array_equal(images[0], np.rint(ramp / 257).astype(np.uint8))
+    (tmp_path / "a" / "x" / "0.pgm").unlink()
     Image.fromarray(ramp.astype(np.int32) * 1000).save(tmp_path / "a" / "x" / "0.tif")
-    with pytest.raises(FileFormatError, match="32-bit"):
+    with pytest.raises(FileFormatError, match="32-bit integer image with values 0..65535000"):
         ImageFolder(tmp_path / "a").load()
 
 

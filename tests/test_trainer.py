@@ -101,7 +101,8 @@ def test_ctrl_c_writes_metrics_and_plot_of_the_epochs_done(tmp_path, digits):
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(*digits)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["stopped"].startswith("interrupted during epoch 2")
+    assert metrics["stopped"] == ("interrupted after 1 finished epoch(s); the last checkpoint "
+                                  "is from epoch 1")
     assert len(metrics["epochs"]) == 1 and (tmp_path / "run" / "plot.png").is_file()
 
 

@@ -8,7 +8,9 @@ An algorithm computes the three passes of a bias-free convolution for a
     backward_weight(dy, x, g) dy, x                         -> dw (O,C/G,KH,KW)
 
 ``supports(g, pass_)`` returns None when the algorithm can run that pass on
-that geometry, or a short reason ("stride 2", "dilation 2") when it cannot.
+that geometry, or a short reason ("stride 2", "dilation 2") when it cannot; the
+passes of an algorithm that does not handle everything check it themselves
+(``require``) and raise UnsupportedConfigError rather than compute a wrong result.
 ``workspace_bytes(g, pass_, itemsize)`` is the extra memory it allocates
 beyond its inputs and output. Bias is not part of the algorithm: the
 functional layer adds it (and sums dy for its gradient).
@@ -39,6 +41,8 @@ matrices), and ``backward_weight(dy, x, g, saved=d)``, which then skips that tra
 """
 from __future__ import annotations
 
+from ..errors import UnsupportedConfigError
+
 PASSES = ("forward", "backward_data", "backward_weight")
 
 
@@ -52,6 +56,16 @@ class ConvAlgorithm:
 
     def supports(self, g, pass_: str) -> str | None:  # noqa: ARG002 - default: everything
         return None
+
+    def require(self, g, pass_: str, origin: str = "") -> None:
+        """UnsupportedConfigError naming the configuration and the algorithms that can run it,
+        unless ``supports(g, pass_)`` (``origin``: how this algorithm came to be asked)."""
+        reason = self.supports(g, pass_)
+        if reason is not None:
+            from .chooser import eligible
+            raise UnsupportedConfigError(
+                f"conv algorithm {self.name!r}{origin} cannot run {pass_} for {g.describe()} "
+                f"({reason}); algorithms that can: {', '.join(eligible(g, pass_))}")
 
     def forward(self, x, w, g, prepared=None):
         raise NotImplementedError

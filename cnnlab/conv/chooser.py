@@ -44,7 +44,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UnsupportedConfigError
+from ..io.atomic import open_temporary
 from .algorithm import ALGORITHMS, PASSES
 from .step import StepPlan, step_backward, step_forward
 from .threads import get_num_threads
@@ -109,12 +109,7 @@ def check_algo_name(algo, origin: str = "") -> None:
 def _forced(g, pass_, algo, origin=""):
     check_algo_name(algo, origin)
     a = ALGORITHMS[algo]
-    reason = a.supports(g, pass_)
-    if reason is not None:
-        raise UnsupportedConfigError(
-            f"conv algorithm {algo!r}{origin} cannot run {pass_} for {g.describe()} ({reason}); "
-            f"algorithms that can: {', '.join(eligible(g, pass_))}"
-        )
+    a.require(g, pass_, origin)
     return a
 
 
@@ -570,7 +565,7 @@ class Chooser:
             section = data["machines"].setdefault(fp, {"machine": desc, "choices": {}})
             section["machine"] = desc
             section["choices"][key] = choice.to_json()
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+            fd, tmp = open_temporary(path.parent, path.name)   # mode 0666 less the umask
             try:
                 with os.fdopen(fd, "w") as f:
                     json.dump(data, f, indent=1, sort_keys=True)

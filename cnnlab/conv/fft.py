@@ -152,6 +152,7 @@ class FFTConv(ConvAlgorithm):
 
 
     def forward(self, x, w, g, prepared=None):
+        self.require(g, "forward")
         s = fft_shape(g)
         dtype = np.result_type(x, w)
         y = np.empty(g.y_shape, dtype=dtype)
@@ -171,6 +172,7 @@ class FFTConv(ConvAlgorithm):
         return y
 
     def backward_data(self, dy, w, g, prepared=None):
+        self.require(g, "backward_data")
         s = fft_shape(g)
         ph, pw = g.padding
         dtype = np.result_type(dy, w)
@@ -212,6 +214,7 @@ class FFTConv(ConvAlgorithm):
         return 4 * (g.o // g.groups) * g.c * sh * (sw // 2 + 1) * itemsize
 
     def backward_weight(self, dy, x, g):
+        self.require(g, "backward_weight")
         s = fft_shape(g)
         dtype = np.result_type(dy, x)
         dw = np.empty(g.w_shape, dtype=dtype)

@@ -292,8 +292,8 @@ class Im2colGemm(ConvAlgorithm):
         out = g.n * g.o * g.ho * g.wo * itemsize
         if pass_ == "backward_data":
             return 2 * cols + pad + out
-        if pass_ == "backward_weight":
-            dw = 2 * g.o * (g.c // g.groups) * g.kh * g.kw * itemsize
+        if pass_ == "backward_weight":      # a round's partial dW per thread, and their sum
+            dw = (pool_threads() + 1) * g.o * (g.c // g.groups) * g.kh * g.kw * itemsize
             return cols + out + dw + (pad if any(g.padding) else 0)
         return cols + out + (pad if any(g.padding) else 0)
 

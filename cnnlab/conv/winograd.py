@@ -644,6 +644,7 @@ class Winograd(ConvAlgorithm):
         """``save``: a dict that receives this forward's input tiles V per group
         ((alpha^2, C/groups, all tiles) each, (alpha/m)^2 = 2.25x (F4) or 4x (F2) the input),
         for ``backward_weight(..., saved=save)`` of the same step."""
+        self.require(g, "forward")
         y = np.empty(g.y_shape, dtype=np.result_type(x, w))
         plan = _Plan(self.m, g.n, g.c // g.groups, g.h, g.w, g.o // g.groups, g.ho, g.wo,
                      g.padding[0], g.padding[1])
@@ -666,6 +667,7 @@ class Winograd(ConvAlgorithm):
         return (self.m + R - 1) ** 2 * g.c * tiles * itemsize
 
     def backward_data(self, dy, w, g, prepared=None):
+        self.require(g, "backward_data")
         dx = np.empty(g.x_shape, dtype=np.result_type(dy, w))
         plan = _Plan(self.m, g.n, g.o // g.groups, g.ho, g.wo, g.c // g.groups, g.h, g.w,
                      R - 1 - g.padding[0], R - 1 - g.padding[1])
@@ -704,6 +706,7 @@ class Winograd(ConvAlgorithm):
     def backward_weight(self, dy, x, g, saved=None):
         """``saved``: the dict a ``forward(..., save=)`` of this x filled (its V is used if it
         came from this algorithm on this geometry; otherwise x is transformed here)."""
+        self.require(g, "backward_weight")
         dw = np.empty(g.w_shape, dtype=np.result_type(dy, x))
         og, cg = g.o // g.groups, g.c // g.groups
         plan = _Plan(self.m, g.n, cg, g.h, g.w, og, g.ho, g.wo, g.padding[0], g.padding[1],

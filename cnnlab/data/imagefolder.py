@@ -100,6 +100,8 @@ class ImageFolder:
                 if self.size is not None and im.size != (self.size[1], self.size[0]):
                     im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
                 return np.asarray(im)
+        except FileFormatError:
+            raise
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise FileFormatError(f"{path}: cannot decode this image ({e}); convert or remove "
                                   f"it") from None
@@ -121,14 +123,19 @@ class ImageFolder:
 
 
 def _to_8_bits(im, path):
-    """16-bit grey ("I;16*") as 8-bit grey, value / 257 rounded; 32-bit modes refused (their
-    range is not known); everything else as it is (``convert`` handles it)."""
-    if im.mode.startswith("I;16"):
+    """16-bit grey as 8-bit grey, value / 257 rounded: mode "I;16*", and mode "I" (how Pillow
+    opens 16-bit PGM files) whose values lie in 0..65535; other 32-bit values and float
+    images are refused (their range is not known); everything else as it is."""
+    if im.mode.startswith("I;16") or im.mode == "I":
         a = np.asarray(im, dtype=np.float64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise FileFormatError(f"{path}: a 32-bit integer image with values "
+                                  f"{a.min():.0f}..{a.max():.0f}; convert it to 8 or 16 bits "
+                                  f"per channel")
         return Image.fromarray(np.rint(a / 257.0).astype(np.uint8), mode="L")
-    if im.mode in ("I", "F"):
-        raise FileFormatError(f"{path}: a 32-bit {'integer' if im.mode == 'I' else 'float'} "
-                              f"image; convert it to 8 or 16 bits per channel")
+    if im.mode == "F":
+        raise FileFormatError(f"{path}: a floating-point image; convert it to 8 or 16 bits "
+                              f"per channel")
     return im
 
 

@@ -327,38 +327,45 @@ def stylize(content=None, styles=None, output=None, *, image_size=512, style_ble
     saved, saved_paths = [], {}
     result_img = None
     total_iters = total_evals = 0
-    for scale_index, size in enumerate(sizes):
-        h, w = fit_size(*content_full.shape[:2], size)
-        content_img = resize(content_full, h, w)
-        style_size = max(8, math.ceil(style_scale * size))
-        style_imgs = [resize(s, *fit_size(*s.shape[:2], style_size)) for s in style_full]
-        objective = make_objective(
-            net, prep, content_img, style_imgs, blend, content_layers=content_layers,
-            style_layers=style_layers, layer_weights=layer_weights, content_weight=content_weight,
-            style_weight=style_weight, tv_weight=tv_weight, mode=normalization,
-            normalize_gradients=normalize_gradients)
-        if result_img is not None:
-            x0 = prep.to_net(resize(result_img, h, w))
-        elif init_full is not None:
-            x0 = prep.to_net(resize(init_full, h, w))
-        elif init == "image":
-            x0 = prep.to_net(content_img)
-        else:
-            x0 = (rng.standard_normal((1, 3, h, w)) * (INIT_NOISE * prep.grey_level())).astype(np.float32)
+    try:
+        for scale_index, size in enumerate(sizes):
+            h, w = fit_size(*content_full.shape[:2], size)
+            content_img = resize(content_full, h, w)
+            style_size = max(8, math.ceil(style_scale * size))
+            style_imgs = [resize(s, *fit_size(*s.shape[:2], style_size)) for s in style_full]
+            objective = make_objective(
+                net, prep, content_img, style_imgs, blend, content_layers=content_layers,
+                style_layers=style_layers, layer_weights=layer_weights, content_weight=content_weight,
+                style_weight=style_weight, tv_weight=tv_weight, mode=normalization,
+                normalize_gradients=normalize_gradients)
+            if result_img is not None:
+                x0 = prep.to_net(resize(result_img, h, w))
+            elif init_full is not None:
+                x0 = prep.to_net(resize(init_full, h, w))
+            elif init == "image":
+                x0 = prep.to_net(content_img)
+            else:
+                x0 = (rng.standard_normal((1, 3, h, w)) * (INIT_NOISE * prep.grey_level())).astype(np.float32)
 
-        def show(x_flat):
-            img = np.clip(prep.from_net(x_flat.reshape(1, 3, h, w)), 0.0, 1.0)
-            return np.clip(_original_colors(content_img, img), 0, 1) if original_colors else img
+            def show(x_flat):
+                img = np.clip(prep.from_net(x_flat.reshape(1, 3, h, w)), 0.0, 1.0)
+                return np.clip(_original_colors(content_img, img), 0, 1) if original_colors else img
 
-        label = f"{size}px " if len(sizes) > 1 else ""
-        x, iters, evals = _optimize(
-            objective, x0, num_iterations, optimizer, learning_rate, prep, lbfgs_history,
-            history, total_iters, print_every, save_every, show, saved, saved_paths, label, out,
-            progress)
-        total_iters += iters
-        total_evals += evals
-        result_img = show(x)
-        del objective
+            label = f"{size}px " if len(sizes) > 1 else ""
+            x, iters, evals = _optimize(
+                objective, x0, num_iterations, optimizer, learning_rate, prep, lbfgs_history,
+                history, total_iters, print_every, save_every, show, saved, saved_paths, label, out,
+                progress)
+            total_iters += iters
+            total_evals += evals
+            result_img = show(x)
+            del objective
+    except StyleInterrupted:
+        raise
+    except KeyboardInterrupt:   # between iterations, or in a later scale's set-up
+        if out is None or result_img is None:
+            raise
+        raise StyleInterrupted(save_image(out, result_img), total_iters) from None
     if out is not None:
         saved.append((f"{total_iters} (final)", result_img))
         paths["output"] = save_image(out, result_img)

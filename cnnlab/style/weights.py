@@ -27,13 +27,13 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ChecksumError, CnnlabError, FileFormatError
+from ..io.atomic import open_temporary
 from ..models.vgg import CONFIGS
 
 # ------------------------------------------------------------------------------ preprocessing
@@ -182,7 +182,7 @@ def _fetch_prefix_checked(url, dest: Path, prefix: str, progress: bool) -> Path:
     if dest.is_file() and download.sha256_file(dest).startswith(prefix):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, tmp_name = open_temporary(dest.parent, dest.name)     # mode 0666 less the umask
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -224,7 +224,8 @@ def conv_indices(model: str) -> list[tuple[int, int, int]]:
 
 
 def _infer_model(sd, where) -> str:
-    if any(".running_mean" in k for k in sd):
+    vgg_like = any(re.fullmatch(r"features\.\d+\.weight", k) for k in sd)
+    if vgg_like and any(".running_mean" in k for k in sd):
         raise FileFormatError(f"{where} is a batch-norm VGG; neural style uses plain VGG-16/19 "
                               f"(vgg16-397923af.pth, vgg19-dcbb9e9d.pth)")
     convs = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"features\.(\d+)\.weight", k)))

@@ -122,6 +122,7 @@ class Trainer:
         self.history: list[dict] = []
         self.elapsed = 0.0                          # seconds spent in fit, over all sessions
         self.stopped: str | None = None
+        self.last_saved_epoch = 0       # the epoch of the last last.* this trainer wrote
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -175,9 +176,10 @@ class Trainer:
                     if hasattr(cb, "on_epoch_end"):
                         cb.on_epoch_end(self, record)
         except KeyboardInterrupt:       # Ctrl-C: the metrics and plot of the epochs done
-            self.stopped = (f"interrupted during epoch {self.epoch + 1}; the last checkpoint "
-                            f"is from epoch {self.epoch}" if self.epoch else
-                            "interrupted during epoch 1, before any checkpoint")
+            saved = self.last_saved_epoch
+            self.stopped = (f"interrupted after {self.epoch} finished epoch(s); " +
+                            (f"the last checkpoint is from epoch {saved}" if saved
+                             else "no checkpoint was written"))
             if self.out_dir is not None:
                 self.elapsed = session_start + time.perf_counter() - started
                 self._write_metrics(plot=True)
@@ -289,6 +291,7 @@ class Trainer:
         norm = info.get("normalization") or {}
         self.mean, self.std = norm.get("mean"), norm.get("std")
         self.epoch = int(info.get("epoch", 0))
+        self.last_saved_epoch = self.epoch
         self.step = int(info.get("step", 0))
         self.history = list(info.get("history", []))
         self.elapsed = float(info.get("elapsed_seconds", 0.0))
@@ -304,6 +307,7 @@ class Trainer:
             self.save(self.best_path)
         if final or self.epoch % self.checkpoint_every == 0:
             self.save(self.last_path)
+            self.last_saved_epoch = self.epoch
 
     def metrics(self) -> dict:
         """The metrics.json content for the run so far."""

@@ -22,8 +22,8 @@ def register(subparsers) -> None:
         description="Train LeNet on 1,000 mnist-5k digits and on 2,000 Fashion-MNIST images with "
                     "and without augmentation (3 seeds each) and report the test accuracy, the "
                     "gain of 10-crop test-time augmentation and of an ensemble of the seeds' "
-                    "models; and compare no dropout, dropout and DropConnect. Takes about 30 "
-                    "minutes on one core; see docs/tricks.md.")
+                    "models; and compare no dropout, dropout and DropConnect. Takes about an "
+                    "hour on one core; see docs/tricks.md.")
     e.add_argument("--part", default=",".join(PARTS),
                    help=f"comma-separated parts to run (default all: {','.join(PARTS)})")
     e.add_argument("--seeds", type=int, default=3, metavar="N",
