@@ -731,3 +731,53 @@ def test_arrays_npz_refuses_pickles_and_truncation(tmp_path):
     np.savez(path, a=np.ones(2))                  # plain npz without metadata
     arrays, metadata = load_arrays(path)
     assert metadata == {} and list(arrays) == ["a"]
+
+
+def test_torch_zip_storage_larger_than_declared_is_refused(tmp_path):
+    """A storage record bigger than its tensor's storage (a decompression bomb: a few KB of
+    zeros that inflate to hundreds of MB) is refused before anything is allocated."""
+    path, bomb = tmp_path / "ok.pth", tmp_path / "bomb.pth"
+    torch.save({"w": torch.arange(4.0)}, path)
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(bomb, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith("/data/0"):
+                target.writestr(item.filename, data + bytes(1 << 20),
+                                compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                target.writestr(item, data)
+    with pytest.raises(FileFormatError, match="has 1048592 bytes, expected 16"):
+        load_torch_state_dict(bomb)
+
+
+def test_impossible_shapes_are_file_format_errors(tmp_path):
+    header = json.dumps({"x": {"dtype": "F32", "shape": [0, 2 ** 62], "data_offsets": [0, 0]}})
+    raw = header.encode() + b" " * (-len(header) % 8)
+    (tmp_path / "s.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(FileFormatError):
+        load_safetensors(tmp_path / "s.safetensors")
+
+
+def test_npz_any_array_name_round_trips_and_odd_members_are_refused(tmp_path):
+    arrays = {"allow_pickle": np.ones(3), "file": np.arange(2), "w": np.ones((2, 2), np.float16)}
+    save_arrays(tmp_path / "a.npz", arrays, {"k": "v"})
+    back, meta = load_arrays(tmp_path / "a.npz")
+    assert list(back) == list(arrays) and meta == {"k": "v"}
+    assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in arrays.items())
+    assert list(np.load(tmp_path / "a.npz").files)[:3] == list(arrays)       # plain numpy reads it
+    with zipfile.ZipFile(tmp_path / "b.npz", "w") as z:
+        z.writestr("w", b"not an array")
+    with pytest.raises(FileFormatError, match="not .npy arrays"):
+        load_arrays(tmp_path / "b.npz")
+
+
+def test_atomic_write_keeps_permissions_and_symlinks(tmp_path):
+    target = tmp_path / "ckpt.bin"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o600)
+    link = tmp_path / "latest"
+    link.symlink_to(target)
+    with atomic_write(link) as f:
+        f.write(b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 == 0o600 and not _leftovers(tmp_path)

@@ -11,6 +11,7 @@ numeric arrays (never pickles) and both are written atomically.
 """
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -47,7 +48,8 @@ def save_arrays(path, arrays, metadata=None):
     ``path`` atomically, as .npz or .safetensors according to its suffix.
 
     Names are strings and may not be ``__metadata__``; arrays must be numeric or bool
-    (no object arrays). The file appears complete or not at all.
+    (no object arrays; complex numbers in .npz only: safetensors has no complex dtype).
+    The file appears complete or not at all.
     """
     kind = array_format(path)
     metadata = _check_metadata(metadata)
@@ -65,8 +67,11 @@ def save_arrays(path, arrays, metadata=None):
                             f"arrays can be saved")
         entries[name] = array
     entries[METADATA_KEY] = np.array(json.dumps(metadata, ensure_ascii=False))
-    with atomic_write(path, "wb") as f:
-        np.savez(f, **entries)
+    with atomic_write(path, "wb") as f:       # what np.savez writes, for any array name
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, array in entries.items():
+                with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 def _npz_error(where, err):
@@ -102,6 +107,9 @@ def load_arrays(path):
             arrays = {name: loaded[name] for name in loaded.files}
     except Exception as err:
         raise _npz_error(where, err) from err
+    odd = [name for name, a in arrays.items() if not isinstance(a, np.ndarray)]
+    if odd:                                    # numpy hands back non-.npy members as bytes
+        raise FileFormatError(f"{where}: member(s) {', '.join(odd)} are not .npy arrays")
     metadata = {}
     if METADATA_KEY in arrays:
         raw = arrays.pop(METADATA_KEY)

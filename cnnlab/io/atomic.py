@@ -9,6 +9,7 @@ never leaves a half-written checkpoint behind.
 import contextlib
 import os
 import secrets
+import stat
 
 _WRITE_MODES = {"wb", "w", "wt"}
 
@@ -57,16 +58,22 @@ def atomic_write(path, mode="wb", encoding=None):
     mode: "wb" (default) or "w"/"wt" for text (``encoding`` defaults to UTF-8 then).
     The temporary file lives in the same directory as ``path``; on success it is
     flushed, fsynced and renamed over ``path``; on any exception (including
-    KeyboardInterrupt) it is deleted and the exception re-raised.
+    KeyboardInterrupt) it is deleted and the exception re-raised. Replacing an existing file
+    keeps its permission bits; a symbolic link at ``path`` stays, and the file it points to
+    is the one replaced.
     """
     if mode not in _WRITE_MODES:
         raise ValueError(f"atomic_write mode must be one of {sorted(_WRITE_MODES)}, got {mode!r}")
-    path = os.fspath(path)
+    path = os.path.realpath(os.fspath(path))
     binary = "b" in mode
-    directory = os.path.dirname(os.path.abspath(path))
+    directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
     fd, temp = open_temporary(directory, os.path.basename(path))
+    try:
+        os.chmod(temp, stat.S_IMODE(os.stat(path).st_mode))    # an existing file's mode
+    except FileNotFoundError:
+        pass
     try:
         if binary:
             f = os.fdopen(fd, "wb")

@@ -217,7 +217,11 @@ def load_safetensors(path):
     tensors = {}
     with open(path, "rb") as f:
         for name, (stored, shape, begin, end, is_bf16) in entries.items():
-            array = np.empty(shape, dtype=stored)
+            try:
+                array = np.empty(shape, dtype=stored)
+            except ValueError as err:           # more dimensions or elements than numpy has
+                raise FileFormatError(f"{where}: tensor {name!r} has an impossible shape "
+                                      f"{list(shape)} ({err})") from None
             f.seek(data_start + begin)
             view = memoryview(array.reshape(-1).view(np.uint8))
             got = f.readinto(view) if view.nbytes else 0

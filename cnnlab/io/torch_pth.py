@@ -290,6 +290,16 @@ def _build(where, tensor, data, big_endian, owned=False):
     owned: ``data`` is a writable buffer no other tensor uses, so a tensor that is
     exactly the whole storage in C order can be a view of it instead of a copy.
     """
+    try:
+        return _build_array(where, tensor, data, big_endian, owned)
+    except ValueError as err:       # more dimensions or elements than numpy can hold
+        if isinstance(err, FileFormatError):
+            raise
+        raise FileFormatError(f"{where}: a tensor of shape {list(tensor.size)} cannot be "
+                              f"built ({err})") from None
+
+
+def _build_array(where, tensor, data, big_endian, owned):
     storage = tensor.storage
     element = _ELEMENT[tensor.dtype_name].newbyteorder(">" if big_endian else "<")
     native = element.newbyteorder("=")
@@ -385,7 +395,7 @@ def _load_zip(path, where):
                 info = archive.getinfo(name)
             except KeyError:
                 raise FileFormatError(f"{where}: archive entry {name!r} is missing") from None
-            if info.file_size < root.nbytes:
+            if info.file_size != root.nbytes:   # larger would be a decompression bomb
                 raise FileFormatError(f"{where}: storage {name} has {info.file_size} bytes, "
                                       f"expected {root.nbytes}")
             data = np.empty(info.file_size, dtype=np.uint8)
