@@ -10,8 +10,10 @@ import numpy as np
 
 try:  # pragma: no cover - exercised only where cupy and a GPU exist
     import cupy as _cupy
-except Exception:  # ImportError, or a cupy without a usable CUDA runtime
+    _CUPY_ERROR = None
+except Exception as _err:  # ImportError, or a cupy without a usable CUDA runtime
     _cupy = None
+    _CUPY_ERROR = f"{type(_err).__name__}: {_err}"
 
 
 def gpu_available() -> bool:
@@ -47,7 +49,7 @@ def to_device(array, device: str = "cpu"):
         if _cupy is None:
             raise RuntimeError(
                 "device 'gpu' needs cupy: pip install 'cnnlab[gpu]' on a machine with CUDA"
-            )
+                f" (importing cupy gave {_CUPY_ERROR})")
         return _cupy.asarray(array)
     raise ValueError(f"unknown device {device!r}; use 'cpu' or 'gpu'")
 

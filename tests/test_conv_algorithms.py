@@ -1013,3 +1013,25 @@ def test_algorithm_objects_refuse_what_they_cannot_run(name):
                  lambda: a.backward_weight(dy, x, g)):
         with pytest.raises(UnsupportedConfigError, match="stride.*im2col"):
             call()
+
+
+def test_off_the_cpu_auto_runs_im2col_and_numpy_only_algorithms_refuse(fresh_chooser, monkeypatch):
+    """For arrays of another module than numpy (CuPy), auto does not time anything (its
+    timings are of numpy code) and picks im2col; Winograd and FFT, written for numpy,
+    refuse with a clear error instead of failing inside numpy calls."""
+    import types
+    gpu = types.SimpleNamespace(__name__="cupy")
+    monkeypatch.setattr(fresh_chooser, "_measure", lambda *a: pytest.fail("timed"))
+    g = ConvGeometry.of((2, 32, 28, 28), (32, 32, 3, 3), padding=1)
+    for p in PASSES:
+        assert conv.select(g, p, xp=gpu) is ALGORITHMS["im2col"]
+        assert conv.select(g, p, "direct", xp=gpu) is ALGORITHMS["direct"]
+        for name in ("winograd4", "fft"):
+            with pytest.raises(UnsupportedConfigError, match="numpy arrays only, not cupy"):
+                conv.select(g, p, name, xp=gpu)
+    plan = conv.select_step(g, xp=gpu)
+    assert (plan.forward.name, plan.backward_data.name, plan.backward_weight.name) == \
+        ("im2col", "im2col", "im2col")
+    with conv.default_algo("winograd2"):
+        with pytest.raises(UnsupportedConfigError, match="global default"):
+            conv.select_step(g, xp=gpu)

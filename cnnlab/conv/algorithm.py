@@ -53,13 +53,21 @@ class ConvAlgorithm:
     saves_input = False     # True: forward(..., save=dict) / backward_weight(..., saved=dict)
     saved_name = "input"    # what that keeps, for messages ("V", "columns")
     prepare_reuses = False  # True: prepare(..., reuse=) accepted (older algorithms: no reuse)
+    array_modules = ("numpy", "cupy")   # the array modules its passes are written for
 
     def supports(self, g, pass_: str) -> str | None:  # noqa: ARG002 - default: everything
         return None
 
-    def require(self, g, pass_: str, origin: str = "") -> None:
+    def require(self, g, pass_: str, origin: str = "", xp=None) -> None:
         """UnsupportedConfigError naming the configuration and the algorithms that can run it,
-        unless ``supports(g, pass_)`` (``origin``: how this algorithm came to be asked)."""
+        unless ``supports(g, pass_)`` and the arrays' module ``xp`` (None: numpy) is one of
+        ``array_modules`` (``origin``: how this algorithm came to be asked)."""
+        module = "numpy" if xp is None else xp.__name__.split(".")[0]
+        if module not in self.array_modules:
+            raise UnsupportedConfigError(
+                f"conv algorithm {self.name!r}{origin} runs on {', '.join(self.array_modules)} "
+                f"arrays only, not {module}; on the GPU use im2col (auto's choice there) or "
+                f"direct")
         reason = self.supports(g, pass_)
         if reason is not None:
             from .chooser import eligible

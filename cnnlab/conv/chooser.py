@@ -106,10 +106,20 @@ def check_algo_name(algo, origin: str = "") -> None:
         )
 
 
-def _forced(g, pass_, algo, origin=""):
+#: what "auto" runs for arrays of another module than numpy (CuPy): im2col's GEMMs run on
+#: cuBLAS, while Winograd and FFT are written for numpy (``ConvAlgorithm.array_modules``);
+#: timing is not done there (the chooser's timings are of numpy code on the CPU)
+DEVICE_DEFAULT = "im2col"
+
+
+def _module_name(xp) -> str:
+    return "numpy" if xp is None else xp.__name__.split(".")[0]
+
+
+def _forced(g, pass_, algo, origin="", xp=None):
     check_algo_name(algo, origin)
     a = ALGORITHMS[algo]
-    a.require(g, pass_, origin)
+    a.require(g, pass_, origin, xp=xp)
     return a
 
 
@@ -255,16 +265,20 @@ class Chooser:
 
     # -- selection ---------------------------------------------------------------------
     def select(self, g, pass_: str, algo: str = "auto", dtype=None, prepared: bool = False,
-               held=()):
+               held=(), xp=None):
+        """The algorithm for ``pass_`` (module doc); ``xp``: the arrays' module (None or
+        numpy: the CPU; cupy: forced algorithms must run there, auto is DEVICE_DEFAULT)."""
         _check_pass(pass_)
         if algo is None:
             algo = "auto"
         if algo != "auto":
-            return _forced(g, pass_, algo)
+            return _forced(g, pass_, algo, xp=xp)
         if self.default_algo != "auto":
             origin = (" (the global default; see cnnlab.conv.set_default_algo"
                       f" and ${ENV_ALGO})")
-            return _forced(g, pass_, self.default_algo, origin)
+            return _forced(g, pass_, self.default_algo, origin, xp=xp)
+        if _module_name(xp) != "numpy":
+            return _forced(g, pass_, DEVICE_DEFAULT, " (auto's choice off the CPU)", xp=xp)
         choice = self.choose(g, pass_, dtype, prepared)
         if prepared and held and choice.algo not in held:
             best = choice.times_ms.get(choice.algo)
@@ -275,7 +289,7 @@ class Chooser:
         return ALGORITHMS[choice.algo]
 
     def select_step(self, g, algo: str = "auto", dtype=None, need_dx: bool = True,
-                    need_dw: bool = True) -> StepPlan:
+                    need_dw: bool = True, xp=None) -> StepPlan:
         """The plan of a training step (forward, then the data gradient if ``need_dx`` and the
         weight gradient if ``need_dw``, all with the same weight; :mod:`cnnlab.conv.step`):
         which algorithm runs each pass, and whether the forward keeps its transformed weight
@@ -296,6 +310,11 @@ class Chooser:
         step says which wins. Without measurements (heuristic choices, too small a layer)
         the passes' own picks are used, sharing U and keeping the input where two passes
         picked the same algorithm that can (this is also what a forced algorithm does)."""
+        if _module_name(xp) != "numpy":     # off the CPU: as forced, nothing timed
+            for pass_ in ("forward", "backward_data", "backward_weight"):
+                self.select(g, pass_, algo, dtype, xp=xp)       # raises if it cannot run
+            if (algo or "auto") == "auto":
+                algo = self.default_algo if self.default_algo != "auto" else DEVICE_DEFAULT
         t0, timings = time.perf_counter(), self._timings
         self._quiet_depth += 1      # the passes' own measurements count into the step's line
         try:
@@ -614,18 +633,20 @@ def _initial_default() -> str:
 CHOOSER = Chooser(default_algo=_initial_default())
 
 
-def select(g, pass_: str, algo: str = "auto", dtype=None, prepared: bool = False, held=()):
+def select(g, pass_: str, algo: str = "auto", dtype=None, prepared: bool = False, held=(),
+           xp=None):
     """Return the algorithm that will run ``pass_`` of the convolution ``g`` (see module doc);
     ``prepared``: the caller will pass prepared weights (a frozen layer), so auto times
     the candidates that way; ``held``: names of the algorithms whose prepared weights the
-    caller already has for this pass (kept when within REUSE_SLACK of auto's pick)."""
-    return CHOOSER.select(g, pass_, algo, dtype, prepared, held)
+    caller already has for this pass (kept when within REUSE_SLACK of auto's pick); ``xp``:
+    the arrays' module (cupy: DEVICE_DEFAULT under auto, forced algorithms checked)."""
+    return CHOOSER.select(g, pass_, algo, dtype, prepared, held, xp=xp)
 
 
 def select_step(g, algo: str = "auto", dtype=None, need_dx: bool = True,
-                need_dw: bool = True) -> StepPlan:
+                need_dw: bool = True, xp=None) -> StepPlan:
     """The algorithms of a training step and what its forward keeps: Chooser.select_step."""
-    return CHOOSER.select_step(g, algo, dtype, need_dx, need_dw)
+    return CHOOSER.select_step(g, algo, dtype, need_dx, need_dw, xp=xp)
 
 
 def explain(g, pass_: str, dtype=None, prepared: bool = False) -> Choice:

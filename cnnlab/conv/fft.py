@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
+from ..backend import get_xp
 from .algorithm import ConvAlgorithm, register
 from .im2col import pad_input
 from .threads import get_num_threads
@@ -142,6 +143,7 @@ def _tap_dft(s, kh, kw, dtype):
 
 class FFTConv(ConvAlgorithm):
     name = "fft"
+    array_modules = ("numpy",)      # scipy.fft and numpy buffers
 
     def supports(self, g, pass_):
         if g.stride != (1, 1):
@@ -152,7 +154,7 @@ class FFTConv(ConvAlgorithm):
 
 
     def forward(self, x, w, g, prepared=None):
-        self.require(g, "forward")
+        self.require(g, "forward", xp=get_xp(x, w))
         s = fft_shape(g)
         dtype = np.result_type(x, w)
         y = np.empty(g.y_shape, dtype=dtype)
@@ -172,7 +174,7 @@ class FFTConv(ConvAlgorithm):
         return y
 
     def backward_data(self, dy, w, g, prepared=None):
-        self.require(g, "backward_data")
+        self.require(g, "backward_data", xp=get_xp(dy, w))
         s = fft_shape(g)
         ph, pw = g.padding
         dtype = np.result_type(dy, w)
@@ -214,7 +216,7 @@ class FFTConv(ConvAlgorithm):
         return 4 * (g.o // g.groups) * g.c * sh * (sw // 2 + 1) * itemsize
 
     def backward_weight(self, dy, x, g):
-        self.require(g, "backward_weight")
+        self.require(g, "backward_weight", xp=get_xp(dy, x))
         s = fft_shape(g)
         dtype = np.result_type(dy, x)
         dw = np.empty(g.w_shape, dtype=dtype)

@@ -28,6 +28,7 @@ matrix) so that every thread scatters into its own channels of dx.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import numpy as np
@@ -88,6 +89,12 @@ def blocks(g, itemsize: int, parts: int = 1) -> list[tuple[int, int, int, int]]:
 
 
 
+def _region(xp):
+    """``pool_region()`` for numpy; nothing for other array modules (their GEMMs do not run
+    on BLAS threads, and the pool's lock would only serialise them)."""
+    return pool_region() if xp is np else contextlib.nullcontext()
+
+
 def _threads(xp) -> int:
     """Threads to cut the work for: the pool's (numpy only), else 1."""
     return pool_threads() if xp is np else 1
@@ -137,7 +144,7 @@ class Im2colGemm(ConvAlgorithm):
         if save is not None:
             save["input_tiles"] = (self.name, g, ("blocks", tuple(parts)), kept)
         if len(parts) == 1:
-            with pool_region():                                     # BLAS: one thread (if a pool)
+            with _region(xp):                                     # BLAS: one thread (if a pool)
                 kept[0] = im2col(x, g)                              # (G, K, N*L) columns
                 return _from_gemm(xp.matmul(wmat, kept[0]), g)
         xpad = pad_input(x, g)
@@ -156,7 +163,7 @@ class Im2colGemm(ConvAlgorithm):
             yb = xp.matmul(wmat, cols)                                  # (G, Og, n*R*WO)
             y[n0:n1, :, i0:i1] = yb.reshape(g.o, n1 - n0, i1 - i0, g.wo).transpose(1, 0, 2, 3)
 
-        with pool_region():
+        with _region(xp):
             parallel_map(piece, range(len(parts)))
         if save is None:
             kept.clear()
@@ -177,7 +184,7 @@ class Im2colGemm(ConvAlgorithm):
                 kept[i] = cols
             return xp.matmul(wmat[:, c0 * kk:c1 * kk], cols)
 
-        with pool_region():
+        with _region(xp):
             xpad = pad_input(x, g)
             y2 = parallel_map(partial, range(len(chans)))
         out = y2[0]
@@ -208,7 +215,7 @@ class Im2colGemm(ConvAlgorithm):
             gb, rows = _piece(g, (n0, n1, i0, i1))
             dyg = _dy_rows(dy[n0:n1], gb, rows)                      # (G, Og, n*R*WO)
             if nthreads == 1:
-                with pool_region():
+                with _region(xp):
                     dcols = xp.matmul(wt, dyg)                       # (G, K, n*R*WO)
                 if dxpad is None:
                     dxpad = col2im_zeros(g, dcols)
@@ -227,7 +234,7 @@ class Im2colGemm(ConvAlgorithm):
                 col2im_add(dcols, replace(gb, c=c1 - c0, o=1, groups=1),
                            dxpad[c0:c1, n0:n1], rows)
 
-            with pool_region():
+            with _region(xp):
                 parallel_map(channels, _channel_blocks(g, nthreads))
         return col2im_result(dxpad, g)
 
@@ -254,7 +261,7 @@ class Im2colGemm(ConvAlgorithm):
                 cols = kept[i] if kept is not None else _channel_columns(x, xpad, g, c0, c1)
                 xp.matmul(dy2, cols.T, out=dw[:, c0 * kk:c1 * kk])
 
-            with pool_region():
+            with _region(xp):
                 xpad = pad_input(x, g) if kept is None else None
                 parallel_map(columns, range(len(chans)))
             return dw.reshape(g.w_shape)
@@ -271,7 +278,7 @@ class Im2colGemm(ConvAlgorithm):
             return xp.matmul(_dy_rows(dy[n0:n1], gb, rows), cols.transpose(0, 2, 1))  # (G, Og, K)
 
         dw = None
-        with pool_region():     # rounds of one block per thread: at most that many partial
+        with _region(xp):     # rounds of one block per thread: at most that many partial
             for r0 in range(0, len(parts), nthreads):     # dW at once, added in block order
                 for part in parallel_map(piece, range(r0, min(len(parts), r0 + nthreads))):
                     if dw is None:

@@ -55,6 +55,7 @@ from math import lcm, prod
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..backend import get_xp
 from .algorithm import ConvAlgorithm, register
 from .threads import even_blocks, get_num_threads, parallel_map, pool_region
 
@@ -617,6 +618,8 @@ class Winograd(ConvAlgorithm):
         self.m = m
         self.name = f"winograd{m}"
 
+    array_modules = ("numpy",)      # strided views, scratch buffers and numpy matmuls
+
     def supports(self, g, pass_):
         if (g.kh, g.kw) != (R, R):
             return f"kernel {g.kh}x{g.kw} (needs 3x3)"
@@ -644,7 +647,7 @@ class Winograd(ConvAlgorithm):
         """``save``: a dict that receives this forward's input tiles V per group
         ((alpha^2, C/groups, all tiles) each, (alpha/m)^2 = 2.25x (F4) or 4x (F2) the input),
         for ``backward_weight(..., saved=save)`` of the same step."""
-        self.require(g, "forward")
+        self.require(g, "forward", xp=get_xp(x, w))
         y = np.empty(g.y_shape, dtype=np.result_type(x, w))
         plan = _Plan(self.m, g.n, g.c // g.groups, g.h, g.w, g.o // g.groups, g.ho, g.wo,
                      g.padding[0], g.padding[1])
@@ -667,7 +670,7 @@ class Winograd(ConvAlgorithm):
         return (self.m + R - 1) ** 2 * g.c * tiles * itemsize
 
     def backward_data(self, dy, w, g, prepared=None):
-        self.require(g, "backward_data")
+        self.require(g, "backward_data", xp=get_xp(dy, w))
         dx = np.empty(g.x_shape, dtype=np.result_type(dy, w))
         plan = _Plan(self.m, g.n, g.o // g.groups, g.ho, g.wo, g.c // g.groups, g.h, g.w,
                      R - 1 - g.padding[0], R - 1 - g.padding[1])
@@ -706,7 +709,7 @@ class Winograd(ConvAlgorithm):
     def backward_weight(self, dy, x, g, saved=None):
         """``saved``: the dict a ``forward(..., save=)`` of this x filled (its V is used if it
         came from this algorithm on this geometry; otherwise x is transformed here)."""
-        self.require(g, "backward_weight")
+        self.require(g, "backward_weight", xp=get_xp(dy, x))
         dw = np.empty(g.w_shape, dtype=np.result_type(dy, x))
         og, cg = g.o // g.groups, g.c // g.groups
         plan = _Plan(self.m, g.n, cg, g.h, g.w, og, g.ho, g.wo, g.padding[0], g.padding[1],

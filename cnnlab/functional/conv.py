@@ -66,10 +66,11 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo
     if g.n == 0:                        # an empty batch: nothing for an algorithm to do
         y = get_xp(x).zeros(g.y_shape, dtype=dt)
     elif for_backward:
-        plan = select_step(g, algo, x.dtype, need_dx=need_dx, need_dw=need_dw)
+        plan = select_step(g, algo, x.dtype, need_dx=need_dx, need_dw=need_dw,
+                           xp=get_xp(x, w))
         y, state = step_forward(plan, x, w, g, reuse=reuse)
     else:
-        y = select(g, "forward", algo, x.dtype).forward(x, w, g)
+        y = select(g, "forward", algo, x.dtype, xp=get_xp(x, w)).forward(x, w, g)
     if b is not None:
         y += b.reshape(1, -1, 1, 1)
     return y, (x, w, b is not None, g, algo, state)
@@ -100,10 +101,11 @@ def conv2d_backward(dout, cache, need_dx=True, need_dw=True):
                 xp.zeros(g.o, dt) if need_dw and has_bias else None)
     if state is not None:               # a for_backward forward: its plan and what it kept
         dx, dw = step_backward(state, dout, x, w, g, need_dx, need_dw)
+    xp = get_xp(dout, x)
     if need_dx and dx is None:
-        dx = select(g, "backward_data", algo, dout.dtype).backward_data(dout, w, g)
+        dx = select(g, "backward_data", algo, dout.dtype, xp=xp).backward_data(dout, w, g)
     if need_dw and dw is None:
-        dw = select(g, "backward_weight", algo, dout.dtype).backward_weight(dout, x, g)
+        dw = select(g, "backward_weight", algo, dout.dtype, xp=xp).backward_weight(dout, x, g)
     if need_dw and has_bias:
         db = dout.sum(axis=(0, 2, 3))
     return dx, dw, db

@@ -14,8 +14,7 @@ E[w * M / (1-p)] = w: the paper's "mean" inference rule).
 """
 from __future__ import annotations
 
-import numpy as np
-
+from ..backend import get_xp
 from ..errors import CnnlabError
 from .linear import linear_backward, linear_forward
 
@@ -25,12 +24,20 @@ def check_drop_probability(p):
         raise CnnlabError(f"drop probability must be in [0, 1), got {p}")
 
 
+def _mask(rng, shape, p, like):
+    """The scaled keep mask (1 / (1 - p) where kept, else 0) in ``like``'s dtype, drawn from
+    the numpy Generator ``rng`` on the host (the same masks on CPU and GPU for one seed) and
+    placed where ``like`` lives."""
+    keep = (rng.random(shape) >= p).astype(like.dtype) / like.dtype.type(1 - p)
+    return get_xp(like).asarray(keep)
+
+
 def dropout_forward(x, p, rng, training=True):
     """x: any shape -> same shape. ``rng``: a numpy.random.Generator (ignored in eval)."""
     check_drop_probability(p)
     if not training or p == 0:
         return x, None
-    keep = (rng.random(x.shape) >= p).astype(x.dtype) / x.dtype.type(1 - p)
+    keep = _mask(rng, x.shape, p, x)
     return x * keep, keep
 
 
@@ -45,13 +52,13 @@ def dropconnect_forward(x, w, b, p, rng, training=True, per_sample=False):
         out, lin_cache = linear_forward(x, w, b)
         return out, (lin_cache, None)
     if per_sample:
-        keep = (rng.random((x.shape[0],) + w.shape) >= p).astype(w.dtype) / w.dtype.type(1 - p)
+        keep = _mask(rng, (x.shape[0],) + w.shape, p, w)
         wm = w * keep                                          # (N, K, D)
-        out = np.matmul(wm, x[:, :, None])[:, :, 0]
+        out = get_xp(x, w).matmul(wm, x[:, :, None])[:, :, 0]
         if b is not None:
             out = out + b
         return out, ("per_sample", x, wm, keep, b is not None)
-    keep = (rng.random(w.shape) >= p).astype(w.dtype) / w.dtype.type(1 - p)
+    keep = _mask(rng, w.shape, p, w)
     out, lin_cache = linear_forward(x, w * keep, b)
     return out, (lin_cache, keep)
 
@@ -60,7 +67,7 @@ def dropconnect_backward(dout, cache, need_dx=True, need_dw=True):
     """Return (dx, dw, db)."""
     if isinstance(cache[0], str):                              # "per_sample"
         _, x, wm, keep, has_b = cache
-        dx = np.matmul(dout[:, None, :], wm)[:, 0, :] if need_dx else None
+        dx = get_xp(dout, wm).matmul(dout[:, None, :], wm)[:, 0, :] if need_dx else None
         dw = ((dout[:, :, None] * keep) * x[:, None, :]).sum(axis=0) if need_dw else None
         db = dout.sum(axis=0) if (need_dw and has_b) else None
         return dx, dw, db

@@ -122,7 +122,7 @@ def max_pool_forward(x, kernel_size=2, stride=None, padding=0):
     hit = xp.empty(out.shape, dtype=bool)
     for k in range(len(views) - 1, -1, -1):
         xp.equal(views[k], out, out=hit)
-        xp.copyto(arg, k, where=hit)
+        xp.copyto(arg, arg.dtype.type(k), where=hit)
     return out, (g, arg)
 
 

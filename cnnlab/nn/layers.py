@@ -116,7 +116,8 @@ class Conv2d(Module):
         if not frozen and len(self.weight_cache):
             self.weight_cache.clear()           # trainable again: its transforms go stale
         held = self.weight_cache.held(g, pass_) if frozen and w is self.weight_cache.array else ()
-        algorithm = select(g, pass_, self.algo, a.dtype, prepared=frozen, held=held)
+        algorithm = select(g, pass_, self.algo, a.dtype, prepared=frozen, held=held,
+                           xp=get_xp(a, w))
         prepared = self.weight_cache.get(algorithm, w, g, pass_) if frozen else None
         return algorithm.run(pass_, a, w, g, prepared=prepared)
 

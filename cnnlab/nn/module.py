@@ -17,6 +17,15 @@ from ..errors import CnnlabError
 from .parameter import Parameter
 
 
+def _like(current, value):
+    """``value`` as a fresh array with ``current``'s dtype on ``current``'s device (a GPU
+    array loads into a CPU module and the other way round)."""
+    xp = get_xp(current)
+    if xp is np:
+        value = to_device(value, "cpu")
+    return xp.asarray(value, dtype=current.dtype).copy()
+
+
 class Module:
     def __init__(self):
         object.__setattr__(self, "_params", OrderedDict())
@@ -47,6 +56,13 @@ class Module:
 
     def backward(self, dout):
         raise NotImplementedError(f"{type(self).__name__} has no backward")
+
+    def array_module(self):
+        """numpy or cupy: where this module's parameters live (numpy without parameters);
+        callers move inputs there (``xp.asarray(x)``)."""
+        for p in self.parameters():
+            return get_xp(p.data)
+        return np
 
     def _in_weight_dtype(self, x):
         """``x`` in this module's weight dtype: a layer with weights computes in their dtype
@@ -162,12 +178,10 @@ class Module:
                 continue
             if kind == "param":
                 cur = m._params[name].data
-                xp = get_xp(cur)
-                m._params[name].data = xp.asarray(state[k], dtype=cur.dtype).copy()
+                m._params[name].data = _like(cur, state[k])
             else:
                 cur = m._buffers[name]
-                xp = get_xp(cur)
-                m.register_buffer(name, xp.asarray(state[k], dtype=cur.dtype).copy())
+                m.register_buffer(name, _like(cur, state[k]))
         return report
 
     # -- switches -----------------------------------------------------------------------
@@ -211,7 +225,11 @@ class Module:
         return self
 
     def to(self, device: str) -> "Module":
-        """Move parameters and buffers to "cpu" or "gpu"."""
+        """Move parameters and buffers to "cpu" or "gpu" (and drop what convolution layers
+        keep of the old arrays: prepared weights, a training step's U)."""
+        for m in self.modules():
+            if hasattr(m, "clear_weight_cache"):
+                m.clear_weight_cache()
         for p in self.parameters():
             p.data = to_device(p.data, device)
             p.grad = None

@@ -21,7 +21,7 @@ import numpy as np
 
 import math
 
-from ..backend import get_xp
+from ..backend import get_xp, to_device
 from ..errors import CnnlabError
 
 
@@ -67,9 +67,12 @@ class Optimizer:
             if self.weight_decay:
                 g = g + self.weight_decay * p.data
             st = self.state[i]
+            xp = get_xp(p.data)
             for name in self.state_names:
                 if name not in st:
-                    st[name] = get_xp(p.data).zeros_like(p.data)
+                    st[name] = xp.zeros_like(p.data)
+                elif get_xp(st[name]) is not xp:        # the model moved (Module.to)
+                    st[name] = to_device(st[name], "cpu" if xp is np else "gpu")
             st["step"] = st.get("step", 0) + 1          # this parameter's own step count
             self.update(p, g, st, self.lr * p.lr_mult)
 
@@ -109,7 +112,8 @@ class Optimizer:
                 continue
             if i >= len(self.params) or np.shape(v) != np.shape(self.params[i].data):
                 raise CnnlabError(f"optimizer state {k} does not match the model's parameters")
-            state[i][name] = get_xp(self.params[i].data).asarray(v).copy()
+            xp = get_xp(self.params[i].data)
+            state[i][name] = xp.asarray(to_device(v, "cpu") if xp is np else v).copy()
         step_count = int(sd["step_count"])
         for st in state:
             if st and "step" not in st:

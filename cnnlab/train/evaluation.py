@@ -35,7 +35,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from ..backend import get_xp, to_numpy
+from ..backend import to_numpy
 from ..data.imageops import to_float_batch
 from ..data.tta import (center_crop_batch, default_scales, pad_batch, resize_short_side_batch,
                         softmax, ten_crop_batch)
@@ -81,7 +81,7 @@ def predict_proba(model, images, *, mean=None, std=None, tta: str = "none", inpu
     per_image = tta_crop_count(tta, scales, flips)
     chunk = max(1, int(batch_size) // per_image)
     model.eval()
-    xp = _model_xp(model)
+    xp = model.array_module()
     out = []
     with tqdm(total=n, unit="image", desc=f"predict ({tta})", leave=False, file=sys.stderr,
               disable=None if n > chunk else True) as bar:
@@ -192,13 +192,6 @@ def _ten_crops(images, size: int, pad: int, flips: bool) -> np.ndarray:
         images = pad_batch(images, pad)
     crops = ten_crop_batch(images, size)
     return crops if flips else crops[:, :5]
-
-
-def _model_xp(model):
-    """numpy or cupy: where the model's parameters live (inputs are moved there)."""
-    for p in model.parameters():
-        return get_xp(p.data)
-    return np
 
 
 def _check_proba_labels(proba, labels):

@@ -25,12 +25,16 @@ import math
 
 import numpy as np
 
+from ..backend import get_xp
+
 from ..io import atomic_write
 
 
 def correct_count(scores, y) -> int:
-    """How many rows of ``scores`` (N, K) have their largest score at label ``y`` (N,)."""
-    return int((np.asarray(scores).argmax(axis=1) == np.asarray(y)).sum())
+    """How many rows of ``scores`` (N, K) have their largest score at label ``y`` (N,); either
+    may live on the GPU (compared there, one number copied back)."""
+    xp = get_xp(scores, y)
+    return int((xp.asarray(scores).argmax(axis=1) == xp.asarray(y)).sum())
 
 
 class RunningMean:

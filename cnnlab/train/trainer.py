@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import nn
+from ..backend import to_numpy
 from ..conv import chooser as conv_chooser
 from ..data.imageops import to_float_batch
 from ..data.loader import DataLoader
@@ -198,9 +199,11 @@ class Trainer:
                    mininterval=0.5, dynamic_ncols=True)
         # overflow shows up as a non-finite loss, reported by _diverged with what to do
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), bar:
+            xp = self.model.array_module()
             for b, (x, y) in enumerate(loader):
                 if self.schedule is not None:
                     self.optimizer.lr = self.base_lr * self.schedule(self.step)
+                x, y = xp.asarray(x), xp.asarray(y)     # to the model's device (a no-op on CPU)
                 scores = self.model.forward(x)
                 loss = self.loss(scores, y)
                 if not math.isfinite(loss):
@@ -239,7 +242,9 @@ class Trainer:
         self.model.eval()
         total = RunningMean()
         loader = DataLoader(ds, self.eval_batch_size, shuffle=False, mean=self.mean, std=self.std)
+        xp = self.model.array_module()
         for x, y in loader:
+            x, y = xp.asarray(x), xp.asarray(y)
             scores = self.model.forward(x)
             total.update(self.loss(scores, y), correct_count(scores, y), len(y))
         return total.loss, total.acc
@@ -253,12 +258,13 @@ class Trainer:
         images = getattr(x, "images", x)
         bs = batch_size or self.eval_batch_size
         self.model.eval()
+        xp = self.model.array_module()
         out = []
         for i in range(0, len(images), bs):
-            chunk = np.asarray(images[i:i + bs])
+            chunk = to_numpy(images[i:i + bs])
             if chunk.dtype == np.uint8:
                 chunk = to_float_batch(chunk, self.mean, self.std)
-            out.append(self.model.forward(chunk))
+            out.append(to_numpy(self.model.forward(xp.asarray(chunk))))
         if not out:
             raise CnnlabError("predict got no images")
         return np.concatenate(out)
