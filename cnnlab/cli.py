@@ -76,6 +76,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv                  # accepted before or after the sub-command
     argv = (["--debug"] if debug else []) + [a for a in argv if a != "--debug"]
+    chooser = sys.modules.get("cnnlab.conv.chooser")
+    notify = chooser.CHOOSER.notify if chooser is not None else None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
     finally:    # a command may have pointed the conv chooser's reports at the terminal
         chooser = sys.modules.get("cnnlab.conv.chooser")
         if chooser is not None:
-            chooser.CHOOSER.notify = None
+            chooser.CHOOSER.notify = notify
 
 
 def _one_line(err: Exception) -> str:

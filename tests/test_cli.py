@@ -181,3 +181,17 @@ def test_eval_refuses_data_of_another_shape(capsys, tmp_path):
         write_idx(folder / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))
     code, _, err = run(capsys, "eval", str(out), "--data", str(folder))
     assert_one_line_error(code, err, "28x28", "16x16")
+
+
+def test_a_command_leaves_the_chooser_reports_as_it_found_them(capsys, tmp_path):
+    """`cnnlab train` points the conv chooser's reports at the terminal while it runs; a
+    program calling the CLI gets its own setting back afterwards."""
+    from cnnlab.conv import CHOOSER
+    marker = []
+    CHOOSER.notify = marker.append
+    try:
+        assert run(capsys, "train", "--epochs", "1", "--limit", "64", "--quiet", "--out",
+                   str(tmp_path / "r"))[0] == 0
+        assert CHOOSER.notify == marker.append
+    finally:
+        CHOOSER.notify = None

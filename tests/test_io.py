@@ -751,6 +751,9 @@ def test_torch_zip_storage_larger_than_declared_is_refused(tmp_path):
 
 
 def test_impossible_shapes_are_file_format_errors(tmp_path):
+    torch.save({"w": torch.empty(0, 2 ** 62)}, tmp_path / "huge.pth")
+    with pytest.raises(FileFormatError, match="cannot be built"):
+        load_torch_state_dict(tmp_path / "huge.pth")
     header = json.dumps({"x": {"dtype": "F32", "shape": [0, 2 ** 62], "data_offsets": [0, 0]}})
     raw = header.encode() + b" " * (-len(header) % 8)
     (tmp_path / "s.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
@@ -781,3 +784,9 @@ def test_atomic_write_keeps_permissions_and_symlinks(tmp_path):
         f.write(b"new")
     assert link.is_symlink() and target.read_bytes() == b"new"
     assert target.stat().st_mode & 0o777 == 0o600 and not _leftovers(tmp_path)
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    with atomic_write(loop) as f:            # a symlink loop: replaced, as a plain open would
+        f.write(b"x")                        # fail to; no temporary file left either way
+    assert not _leftovers(tmp_path)

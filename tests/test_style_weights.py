@@ -61,7 +61,8 @@ def test_wrong_model_truncated_and_foreign_files(vgg16_pth, tmp_path):
     with pytest.raises(FileFormatError):
         W.load_vgg_weights(cut)
     other = tmp_path / "resnet.pth"
-    torch.save({"conv1.weight": torch.zeros(2, 3, 3, 3), "fc.bias": torch.zeros(2)}, other)
+    torch.save({"conv1.weight": torch.zeros(2, 3, 3, 3), "bn1.running_mean": torch.zeros(2),
+                "fc.bias": torch.zeros(2)}, other)                 # a ResNet: not "batch-norm VGG"
     with pytest.raises(FileFormatError, match="not a VGG state dict.*conv1.weight"):
         W.load_vgg_weights(other)
     bad = dict(sd)

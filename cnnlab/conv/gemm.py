@@ -300,7 +300,12 @@ class Im2colGemm(ConvAlgorithm):
         if pass_ == "backward_data":
             return 2 * cols + pad + out
         if pass_ == "backward_weight":      # a round's partial dW per thread, and their sum
-            dw = (pool_threads() + 1) * g.o * (g.c // g.groups) * g.kh * g.kw * itemsize
+            threads = pool_threads()
+            if threads > 1 and _split_channels(g, itemsize):
+                partials = 0                # channel blocks write their own columns of dW
+            else:
+                partials = min(threads, len(blocks(g, itemsize, threads))) + 1
+            dw = partials * g.o * (g.c // g.groups) * g.kh * g.kw * itemsize
             return cols + out + dw + (pad if any(g.padding) else 0)
         return cols + out + (pad if any(g.padding) else 0)
 

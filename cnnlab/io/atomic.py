@@ -72,7 +72,7 @@ def atomic_write(path, mode="wb", encoding=None):
     fd, temp = open_temporary(directory, os.path.basename(path))
     try:
         os.chmod(temp, stat.S_IMODE(os.stat(path).st_mode))    # an existing file's mode
-    except FileNotFoundError:
+    except OSError:     # none there yet (or unreadable): the new file's own mode stays
         pass
     try:
         if binary:

@@ -180,7 +180,7 @@ class Trainer:
             saved = self.last_saved_epoch
             self.stopped = (f"interrupted after {self.epoch} finished epoch(s); " +
                             (f"the last checkpoint is from epoch {saved}" if saved
-                             else "no checkpoint was written"))
+                             else "no last checkpoint was written yet"))
             if self.out_dir is not None:
                 self.elapsed = session_start + time.perf_counter() - started
                 self._write_metrics(plot=True)
