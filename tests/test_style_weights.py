@@ -139,6 +139,15 @@ def test_no_weights_means_random_with_a_notice(tmp_path, monkeypatch, capsys):
     np.testing.assert_array_equal(net.features[2].weight.data, again.features[2].weight.data)
 
 
+def test_a_cached_default_file_of_the_wrong_size_is_an_error(tmp_path, monkeypatch):
+    """A cut-short or foreign file under the published name is refused, not used."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "vgg19-dcbb9e9d.pth").write_bytes(b"too short")
+    with pytest.raises(FileFormatError, match="9 bytes, but vgg19-dcbb9e9d.pth is 574,673,361"):
+        W.find_weights("vgg19")
+
+
 # ----------------------------------------------------------------------------- fetch
 @pytest.fixture
 def server(tmp_path):

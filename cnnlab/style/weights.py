@@ -199,11 +199,20 @@ def _fetch_prefix_checked(url, dest: Path, prefix: str, progress: bool) -> Path:
 
 
 def find_weights(model: str) -> Path | None:
-    """A fetched weights file for ``model`` in :func:`weights_dir`, or None (torchvision first)."""
-    for source in SOURCES.values():
+    """A fetched weights file for ``model`` in :func:`weights_dir`, or None (torchvision first).
+    A file whose size is not the published one (a copy cut short, or another file under
+    that name) is an error rather than silently used; hashing 0.5 GB on every run would
+    cost seconds, so the sha256 is checked when fetching only."""
+    for name, source in SOURCES.items():
         if source.model == model:
             path = weights_dir() / source.filename
             if path.is_file():
+                size = path.stat().st_size
+                if source.size is not None and size != source.size:
+                    raise FileFormatError(
+                        f"{path} is {size:,} bytes, but {source.filename} is {source.size:,}: "
+                        f"a partial or different file; delete it and run `cnnlab weights "
+                        f"fetch {name}`")
                 return path
     return None
 
