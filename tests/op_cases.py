@@ -1,7 +1,8 @@
 """The table of op cases: every op in cnnlab.functional registers its configurations here.
 
-Both checks of tests/harness.py run on every case (tests/test_ops.py). Other test files
-extend ``OP_CASES`` through :func:`register` (e.g. neural-style losses, whole blocks).
+Both checks of tests/harness.py run on every case (tests/test_ops.py). The neural-style
+losses (tests/test_style_losses.py) and whole blocks (tests/test_blocks.py) build their cases
+with the same OpCase and run the same two checks on them in their own files.
 """
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ CONV_CONFIGS = [
     ((1, 4, 11, 13), (4, 4, 3, 3), 1, 2, 1, 1, True),
     ((3, 2, 5, 5), (2, 2, 3, 3), 1, 0, 1, 1, True),
     ((2, 6, 6, 7), (6, 1, 3, 3), 1, 1, 1, 6, True),
+    ((2, 4, 6, 7), (4, 2, 3, 3), 1, 1, 1, 2, True),       # groups 2 (FFT, Winograd too)
+    ((1, 2, 5, 6), (3, 2, 7, 7), 1, 3, 1, 1, True),       # 7x7, padding 3, kernel > input
+    ((2, 3, 1, 1), (4, 3, 1, 1), 1, 0, 1, 1, True),       # 1x1 kernel on a 1x1 map
+    ((1, 2, 9, 9), (3, 2, 3, 3), 1, 2, 2, 1, False),      # dilation 2 alone
 ]
 
 
@@ -120,7 +125,10 @@ for _kind in ("max", "avg"):
     _pool_case(_kind, (1, 2, 7, 9), 3, 2, 1)
     _pool_case(_kind, (2, 2, 5, 6), (2, 3), (1, 2), (1, 1))
     _pool_case(_kind, (3, 1, 9, 9), 3, 3, 0)
+    _pool_case(_kind, (2, 2, 6, 5), 3, 1, 1)           # stride 1 (inception branches)
+    _pool_case(_kind, (1, 2, 9, 10), 4, 2, 2)          # padding 2
 _pool_case("avg", (2, 2, 7, 7), 3, 2, 1, include_pad=False)
+_pool_case("avg", (1, 2, 8, 7), 4, 3, 2, include_pad=False)
 
 register(OpCase(
     "global_avg_pool", normal(2, 3, 5, 4), lambda d: F.global_avg_pool_forward(d["x"]),

@@ -11,19 +11,6 @@ from cnnlab.cli import build_parser, main
 from cnnlab.data import write_idx
 
 
-@pytest.fixture(autouse=True)
-def conv_cache_in_tmp(tmp_path, monkeypatch):
-    """The commands keep convolution choices on disk: put that file in the test's folder."""
-    from cnnlab.conv import CHOOSER, disable_disk_cache, enable_disk_cache
-    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
-    before = CHOOSER.cache_file
-    yield
-    if before is None:
-        disable_disk_cache()
-    else:
-        enable_disk_cache(before)
-
-
 def run(capsys, *argv):
     """(exit code, stdout, stderr) of ``cnnlab *argv`` run in this process."""
     try:

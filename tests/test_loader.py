@@ -154,13 +154,17 @@ def test_ctrl_c_while_waiting_for_a_batch_stops_the_workers():
     assert not loader_threads()
 
 
-def test_wait_seconds_accumulates():
-    loader = DataLoader(make_data(n=8), batch_size=4, transform=slow, num_workers=1)
+@pytest.mark.parametrize("workers", [0, 1])
+def test_wait_seconds_accumulates(workers, fake_clock, monkeypatch):
+    """Each batch adds the time between asking for it and getting it (a fake clock: one
+    second per reading), epoch after epoch."""
+    import cnnlab.data.loader as loader_module
+    monkeypatch.setattr(loader_module, "time", fake_clock)
+    loader = DataLoader(make_data(n=8), batch_size=4, num_workers=workers)
     collect(loader)
-    first = loader.wait_seconds
-    assert first > 0.1
+    assert loader.wait_seconds == 2.0
     collect(loader)
-    assert loader.wait_seconds > first
+    assert loader.wait_seconds == 4.0
 
 
 @pytest.mark.parametrize("kw", [dict(batch_size=0), dict(num_workers=-1), dict(prefetch=0),

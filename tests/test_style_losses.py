@@ -1,8 +1,8 @@
 """Neural-style losses in the shared harness: numerical gradients and PyTorch parity.
 
 Cases: the Gram matrix, content loss, style loss (both normalisations, batch and a
-target of another size) and total variation. They are added to ``OP_CASES`` (so
-tests/test_ops.py runs them too when this module is imported first) and checked here.
+target of another size) and total variation, checked here with the harness's two checks
+(float64 gradients and PyTorch parity).
 """
 import numpy as np
 import pytest
