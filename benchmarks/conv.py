@@ -310,9 +310,10 @@ def run(args, out=print) -> int:
     threads = get_num_threads()
     malloc = common.steady_malloc()                # same allocator state for both libraries
     blas_limit = None
+    if args.threads:                               # numpy's BLAS gets the same count (its own
+        from threadpoolctl import threadpool_limits    # GEMMs, the sgemm reference)
+        blas_limit = threadpool_limits(args.threads, user_api="blas")
     if args.cpu_time:
-        from threadpoolctl import threadpool_limits
-        blas_limit = threadpool_limits(1)          # numpy's BLAS on the calling thread too
         common.use_cpu_clock(True)
     if args.cache:
         enable_disk_cache()
