@@ -73,37 +73,15 @@ SETTINGS = {
                        "VGG-16 conv layers, batch 32 @ 32x32, forward + data grad + weight grad"),
 }
 SHORT = {"forward": "fwd", "backward_data": "bwd-data", "backward_weight": "bwd-weight"}
-WARM_SECONDS = 0.2  # untimed calls before each timing (see common.best_time)
+# WARM_SECONDS: untimed calls before each timing (see common.best_time), with the options
+from cnnlab.conv.commands import WARM_SECONDS, add_bench_options  # noqa: E402
 SLOW = 8.0  # an algorithm this many times slower than auto on its warm-up is not repeated
 
 
 def build_parser(parser=None):
+    """This benchmark's options (defined with `cnnlab bench conv`'s, in cnnlab.conv.commands)."""
     parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", default="vgg224,style512,cifar32",
-                        help="comma-separated: vgg224, style512, cifar32 (default: all three)")
-    parser.add_argument("--layers", default="all",
-                        help="comma-separated VGG-16 layer names, e.g. conv3_1,conv4_2 "
-                             "(default all 13)")
-    parser.add_argument("--algos", default="auto,im2col,winograd2,winograd4,fft",
-                        help="algorithms to time besides torch; 'auto' is always included")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs, best kept (default 3)")
-    parser.add_argument("--warm", type=float, default=WARM_SECONDS,
-                        help="seconds of untimed calls before each timing, cnnlab and torch "
-                             f"alike (default {WARM_SECONDS}): times of the steady state")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for cnnlab and torch (default: the CPUs available)")
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    parser.add_argument("--cache", action="store_true",
-                        help="keep auto's choices in the disk cache "
-                             "(~/.cache/cnnlab or $CNNLAB_CACHE)")
-    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="one thread for everything, timed by the thread's CPU time: a "
-                             "per-core comparison that other processes' load does not distort")
-    parser.add_argument("--all", action="store_true",
-                        help="also time fft where its cost estimate says it cannot win "
-                             "(3x3 at batch 1: seconds and GiBs of kernel spectra per pass)")
-    return parser
+    return add_bench_options(parser)
 
 
 def _split(text, known, what):
