@@ -73,8 +73,7 @@ SETTINGS = {
                        "VGG-16 conv layers, batch 32 @ 32x32, forward + data grad + weight grad"),
 }
 SHORT = {"forward": "fwd", "backward_data": "bwd-data", "backward_weight": "bwd-weight"}
-# WARM_SECONDS: untimed calls before each timing (see common.best_time), with the options
-from cnnlab.conv.commands import WARM_SECONDS, add_bench_options  # noqa: E402
+from cnnlab.conv.commands import add_bench_options  # noqa: E402  (the options, --warm's too)
 SLOW = 8.0  # an algorithm this many times slower than auto on its warm-up is not repeated
 
 
