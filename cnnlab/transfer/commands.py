@@ -11,10 +11,12 @@ mnist-5k-digits0-4 and mnist-5k-digits5-9 (so `cnnlab train --data mnist-5k-digi
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..checks import at_least, positive_number
 from ..errors import CnnlabError
@@ -119,7 +121,10 @@ def features_command(args) -> int:
         _check_fits(info, ds, spec)
         t = time.perf_counter()
         x = info.normalize(ds.images)
-        arrays[f"{split}_features"] = extract_features(model, x, layer, args.batch_size)
+        with tqdm(total=len(x), unit="image", desc=f"features ({split})", leave=False,
+                  file=sys.stderr, disable=None) as bar:
+            arrays[f"{split}_features"] = extract_features(model, x, layer, args.batch_size,
+                                                           progress=bar.update)
         arrays[f"{split}_labels"] = ds.labels
         print(f"{split}: {len(ds):,} images -> features {arrays[f'{split}_features'].shape} "
               f"({time.perf_counter() - t:.1f} s)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import to_numpy
+
 from ..errors import CnnlabError
 from .layers import resolve_layer
 
@@ -55,7 +57,7 @@ def extract_features(model, x, layer: str | None = None, batch_size: int = 256,
         for start in range(0, len(x), batch_size):
             xb = x[start:start + batch_size]
             out = model.forward(xb) if layer is None else layer_output(model, xb, layer)
-            parts.append(np.asarray(out, dtype=np.float32))
+            parts.append(to_numpy(out).astype(np.float32, copy=False))
             if progress is not None:
                 progress(len(xb))
     finally:
