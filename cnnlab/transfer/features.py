@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import to_numpy
-
 from ..errors import CnnlabError
 from .layers import resolve_layer
 
