@@ -331,6 +331,7 @@ def test_stylize_multiscale_and_adam(tmp_path):
                      print_every=0, save_every=0)
     assert result.image.shape == (32, 21, 3)
     assert [n for n, _ in result.history["total"]] == list(range(1, 7))
+    assert result.scales == [(16, 1), (32, 4)]      # the summary line compares within a scale
 
 
 def test_option_errors():

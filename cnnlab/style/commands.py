@@ -127,9 +127,12 @@ def style_command(args) -> int:
         print(f"cnnlab: {stop}", file=sys.stderr)
         return 130
     style = result.history["style"]
+    if len(result.scales) > 1:          # losses at different sizes do not compare: the last's
+        style = [(n, v) for n, v in style if n >= result.scales[-1][1]]
     if style:
         drop = style[0][1] / style[-1][1] if style[-1][1] > 0 else float("inf")
-        change = f"style loss {style[0][1]:.4g} -> {style[-1][1]:.4g} ({drop:.0f}x)"
+        at = f" at {result.scales[-1][0]} px" if len(result.scales) > 1 else ""
+        change = f"style loss{at} {style[0][1]:.4g} -> {style[-1][1]:.4g} ({drop:.0f}x)"
     else:
         change = "no iteration recorded a loss"
     print(f"{result.paths['output']}: {result.image.shape[1]}x{result.image.shape[0]}, "

@@ -230,7 +230,8 @@ class StyleResult:
     """What :func:`stylize` produced. ``image``: (H, W, 3) RGB in [0, 1];
     ``history``: {"content"|"style"|"tv"|"total": [(iteration, value), ...]} (every
     iteration, all scales in sequence); ``saved``: [(label, image)] of the saved
-    iterations; ``paths``: files written."""
+    iterations; ``paths``: files written; ``scales``: [(size, first iteration)] of each
+    scale run (one entry without multiscale)."""
 
     image: np.ndarray
     history: dict
@@ -240,6 +241,7 @@ class StyleResult:
     iterations: int = 0
     evaluations: int = 0
     network: str = ""
+    scales: list = field(default_factory=list)
 
 
 def _output_paths(output):
@@ -327,6 +329,7 @@ def stylize(content=None, styles=None, output=None, *, image_size=512, style_ble
     saved, saved_paths = [], {}
     result_img = None
     total_iters = total_evals = 0
+    scales = []
     try:
         for scale_index, size in enumerate(sizes):
             h, w = fit_size(*content_full.shape[:2], size)
@@ -352,6 +355,7 @@ def stylize(content=None, styles=None, output=None, *, image_size=512, style_ble
                 return np.clip(_original_colors(content_img, img), 0, 1) if original_colors else img
 
             label = f"{size}px " if len(sizes) > 1 else ""
+            scales.append((size, total_iters + 1))
             x, iters, evals = _optimize(
                 objective, x0, num_iterations, optimizer, learning_rate, prep, lbfgs_history,
                 history, total_iters, print_every, save_every, show, saved, saved_paths, label, out,
@@ -374,7 +378,7 @@ def stylize(content=None, styles=None, output=None, *, image_size=512, style_ble
                                     title=f"{description}, {normalization} losses")
         paths.update({f"iteration {n}": p for n, p in saved_paths.items()})
     return StyleResult(result_img, history, saved, paths, time.perf_counter() - t_start,
-                       total_iters, total_evals, description)
+                       total_iters, total_evals, description, scales)
 
 
 def _optimize(objective, x0, num_iterations, optimizer, learning_rate, prep, history_size, history,
