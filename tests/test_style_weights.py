@@ -192,7 +192,10 @@ def test_fetch_checks_full_sha256_and_prefix(server, tmp_path, monkeypatch, caps
     (dest / "full.pth").unlink()
     with pytest.raises(ChecksumError, match="does not start with ffffffff"):
         W.fetch_weights("pre", dest, progress=False)
-    assert not (dest / "full.pth").exists()
+    assert not (dest / "full.pth").exists() and not list(dest.glob(".*tmp"))
+    with pytest.raises(ChecksumError):               # folders made for a failed fetch go again
+        W.fetch_weights("wrong", tmp_path / "new" / "deeper", progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_cli_weights_fetch(server, tmp_path, monkeypatch, capsys):

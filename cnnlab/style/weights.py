@@ -161,17 +161,27 @@ def fetch_weights(name: str, dest_dir=None, progress: bool = True) -> Path:
     source = get_source(name)
     dest = Path(dest_dir) if dest_dir is not None else weights_dir()
     dest = dest / source.filename
+    new_folders = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     errors = []
-    for url in _urls(source):
-        try:
-            if source.sha256:
-                return download.fetch(url, dest, source.sha256, progress=progress, desc=source.filename)
-            return _fetch_prefix_checked(url, dest, source.sha256_prefix, progress)
-        except ChecksumError:
-            raise
-        except CnnlabError as err:
-            errors.append(str(err))
-    raise CnnlabError("; ".join(errors))
+    try:
+        for url in _urls(source):
+            try:
+                if source.sha256:
+                    return download.fetch(url, dest, source.sha256, progress=progress,
+                                          desc=source.filename)
+                return _fetch_prefix_checked(url, dest, source.sha256_prefix, progress)
+            except ChecksumError:
+                raise
+            except CnnlabError as err:
+                errors.append(str(err))
+        raise CnnlabError("; ".join(errors))
+    except BaseException:
+        for folder in new_folders:      # deepest first: leave no empty folders behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _fetch_prefix_checked(url, dest: Path, prefix: str, progress: bool) -> Path:
