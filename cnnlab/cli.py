@@ -94,6 +94,12 @@ def main(argv=None) -> int:
         print(f"cnnlab: cannot use{where}: {err.strerror or err}; check the path and its "
               f"permissions (--debug shows the traceback)", file=sys.stderr)
         return 2
+    except BrokenPipeError:     # `cnnlab data info | head`: the reader left; nothing to say
+        try:
+            sys.stdout = open(os.devnull, "w")      # no second error while exiting
+        except OSError:
+            pass
+        return 141
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130

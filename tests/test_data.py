@@ -168,6 +168,9 @@ def test_kaggle_train_and_test_csv(tmp_path):
     got_images, got_labels = read_kaggle_csv(tmp_path / "test.csv")
     assert got_labels is None
     np.testing.assert_array_equal(got_images, images)
+    bom = tmp_path / "excel.csv"                    # Excel's "CSV UTF-8" starts with a BOM
+    bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "train.csv").read_bytes())
+    np.testing.assert_array_equal(read_kaggle_csv(bom)[1], labels)
 
 
 def test_kaggle_errors(tmp_path):

@@ -168,7 +168,8 @@ def test_wait_seconds_accumulates(workers, fake_clock, monkeypatch):
 
 
 @pytest.mark.parametrize("kw", [dict(batch_size=0), dict(num_workers=-1), dict(prefetch=0),
-                                dict(mode="fiber"), dict(seed=-3), dict(transform=5)])
+                                dict(mode="fiber"), dict(seed=-3), dict(transform=5),
+                                dict(mean=[0.1, 0.2]), dict(std=0.0)])   # checked when built
 def test_parameter_validation(kw):
     with pytest.raises((ValueError, TypeError)):
         DataLoader(make_data(), **kw)

@@ -168,6 +168,16 @@ def test_test_split_labels_with_the_training_classes(tmp_path):
         load_image_folder(tmp_path / "r", "test")
 
 
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo saved sideways with an Orientation tag loads the way the camera held it."""
+    (tmp_path / "a" / "x").mkdir(parents=True)
+    im = Image.fromarray(np.zeros((20, 40, 3), np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6                                # rotate 90 degrees to display
+    im.save(tmp_path / "a" / "x" / "0.jpg", exif=exif)
+    assert ImageFolder(tmp_path / "a").load().images.shape == (1, 40, 20, 3)
+
+
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     (tmp_path / "a" / "x").mkdir(parents=True)
     ramp = np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)

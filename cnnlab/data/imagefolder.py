@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import CnnlabError, FileFormatError
 from .dataset import ArrayDataset
@@ -95,6 +95,7 @@ class ImageFolder:
         """Decode one file, converted to ``color`` and resized to ``size``."""
         try:
             with Image.open(path) as im:
+                im = ImageOps.exif_transpose(im)        # as the camera held it
                 im = _to_8_bits(im, path)
                 im = im.convert(COLORS[self.color])
                 if self.size is not None and im.size != (self.size[1], self.size[0]):

@@ -57,7 +57,7 @@ def read_kaggle_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
 def read_header(path: Path) -> list[str]:
     """The column names on the first line of a CSV file."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             first = f.readline()
     except FileNotFoundError as e:
         raise FileFormatError(f"{path}: no such file") from e
@@ -101,7 +101,7 @@ def _first_bad_line(path: Path, n_columns: int) -> str | None:
     Only called after the fast reader failed, to say where (lines count from 1,
     the header being line 1).
     """
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         next(f, None)
         for number, line in enumerate(f, start=2):
             if not line.strip():

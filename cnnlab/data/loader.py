@@ -53,6 +53,10 @@ class _BatchMaker:
         self.data, (self.images, self.labels) = data, _unpack(data)
         self.transform, self.seed, self.mean, self.std = transform, seed, mean, std
         self.channels_first = self.images.dtype != np.uint8
+        shape = self.images.shape           # mean/std checked now, not at the first batch
+        channels = 1 if len(shape) < 4 else shape[1] if self.channels_first else shape[3]
+        to_float_batch(np.zeros((1, 1, 1, channels) if channels > 1 else (1, 1, 1), np.uint8),
+                       mean, std)
 
     def __getstate__(self):
         state = dict(self.__dict__)

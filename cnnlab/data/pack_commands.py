@@ -58,11 +58,14 @@ def register_data_subcommands(data_subparsers) -> None:
     p.add_argument("--size", type=parse_size, default=None, metavar="HxW",
                    help="resize every image to H x W (bilinear); needed when an image folder's "
                         "images differ in size")
-    p.add_argument("--color", choices=("rgb", "gray"), default="rgb",
+    p.add_argument("--color", choices=("rgb", "gray"), default=None,
                    help="for image folders: decode as RGB (default) or grayscale")
     p.add_argument("--no-checksum", action="store_true",
                    help="do not store the payload sha256 (saves one pass when packing)")
     p.set_defaults(func=pack_command)
+
+
+MAX_SAMPLES = 64     # a preview row wider than this is unreadable (and slow to render)
 
 
 def register(subparsers) -> None:
@@ -74,7 +77,8 @@ def register(subparsers) -> None:
                     f"left. Images larger than {PREVIEW_MAX_SIDE} pixels are shrunk first.")
     p.add_argument("image", metavar="IMAGE", help="an image file Pillow can read")
     p.add_argument("--preview", metavar="OUT.png", required=True, help="grid PNG to write")
-    p.add_argument("--samples", type=int, default=8, help="augmented samples per row (default 8)")
+    p.add_argument("--samples", type=int, default=8,
+                   help=f"augmented samples per row (default 8, at most {MAX_SAMPLES})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=augment_command)
 
@@ -84,10 +88,13 @@ def pack_command(args: argparse.Namespace) -> int:
     source = Path(args.source).expanduser()
     if source.is_dir() and is_image_folder(source):
         folder = split_folder(source, args.split)
-        dataset = ImageFolder(folder, size=args.size, color=args.color,
+        dataset = ImageFolder(folder, size=args.size, color=args.color or "rgb",
                               name=f"{source.name}/{args.split}",
                               classes=split_classes(source, args.split))
     else:
+        if args.color is not None:
+            raise CnnlabError(f"--color applies to image folders; {args.source} is read as "
+                              f"it is stored")
         from .registry import load_dataset
         dataset = load_dataset(args.source, args.split)
         if args.size is not None:
@@ -129,8 +136,8 @@ def augment_command(args: argparse.Namespace) -> int:
     """Write the augmentation preview grid of ``args.image`` to ``args.preview``."""
     from PIL import Image, UnidentifiedImageError
 
-    if args.samples < 1:
-        raise CnnlabError(f"--samples must be at least 1, got {args.samples}")
+    if not 1 <= args.samples <= MAX_SAMPLES:
+        raise CnnlabError(f"--samples must be 1 to {MAX_SAMPLES}, got {args.samples}")
     if args.seed < 0:
         raise CnnlabError(f"--seed must be non-negative, got {args.seed}")
     if not str(args.preview).lower().endswith(".png"):
