@@ -87,19 +87,21 @@ def main(argv=None) -> int:
             raise
         print(f"cnnlab: {_one_line(err)}", file=sys.stderr)
         return 2
-    except OSError as err:
-        if debug:
-            raise
-        where = f" {err.filename}" if err.filename else ""
-        print(f"cnnlab: cannot use{where}: {err.strerror or err}; check the path and its "
-              f"permissions (--debug shows the traceback)", file=sys.stderr)
-        return 2
     except BrokenPipeError:     # `cnnlab data info | head`: the reader left; nothing to say
         try:
             sys.stdout = open(os.devnull, "w")      # no second error while exiting
         except OSError:
             pass
         return 141
+    except OSError as err:
+        if debug:
+            raise
+        if err.filename:
+            print(f"cnnlab: cannot use {err.filename}: {err.strerror or err}; check the path "
+                  f"and its permissions (--debug shows the traceback)", file=sys.stderr)
+        else:
+            print(f"cnnlab: {_one_line(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130

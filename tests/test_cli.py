@@ -182,3 +182,20 @@ def test_a_command_leaves_the_chooser_reports_as_it_found_them(capsys, tmp_path)
         assert CHOOSER.notify == marker.append
     finally:
         CHOOSER.notify = None
+
+
+def test_output_paths_are_checked_before_the_work(capsys, tmp_path):
+    for argv in (["experiment", "augmentation", "--quick", "--json", str(tmp_path / "no" / "x.json")],
+                 ["experiment", "transfer", "--quick", "--json", str(tmp_path / "no" / "x.json")],
+                 ["features", "lenet-mnist-5k", "--layer", "fc2", "-o", str(tmp_path / "no" / "f.npz")]):
+        code, out, err = run(capsys, *argv)
+        assert_one_line_error(code, err, "does not exist")
+        assert out == ""                                  # nothing was computed first
+
+
+def test_runs_record_data_paths_absolute(tmp_path, monkeypatch):
+    from cnnlab.train.commands import recorded_spec
+    (tmp_path / "pk").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert recorded_spec("mnist-5k") == "mnist-5k"
+    assert recorded_spec("pk") == str(tmp_path / "pk") and recorded_spec("missing") == "missing"

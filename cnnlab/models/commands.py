@@ -165,7 +165,8 @@ def zoo_export_command(args) -> int:
     sd = export_state_dict(model)
     save_arrays(args.output, dict(sd), {"arch": info.arch, "source": str(args.model)})
     reader = ("safetensors.torch.load_file(path)" if str(args.output).lower().endswith(
-        ".safetensors") else "{k: torch.from_numpy(v) for k, v in np.load(path).items()}")
+        ".safetensors") else "{k: torch.from_numpy(v) for k, v in np.load(path).items() "
+        "if k != '__metadata__'}")
     print(f"wrote {args.output}: {len(sd)} arrays in PyTorch naming (load with "
           f"model.load_state_dict({reader}))")
     return 0
@@ -189,7 +190,11 @@ def zoo_import_command(args) -> int:
               f"if the weights were trained with one", file=sys.stderr)
     info = ModelInfo(arch=model.arch, num_classes=find_classes(model), in_channels=shape[0],
                      input_shape=shape, preprocessing=preprocessing,
-                     dataset="imported", command=f"cnnlab zoo import {args.weights} -o {args.output}",
+                     dataset="imported",
+                     command=f"cnnlab zoo import {args.weights}"
+                             + (f" --arch {args.arch}" if args.arch else "")
+                             + (f" --classes {args.classes}" if args.classes else "")
+                             + f" -o {args.output}",
                      name=os.path.basename(args.output))
     save_model(args.output, model, info)
     print(f"wrote {args.output}: {model.arch}, {info.num_classes} classes")

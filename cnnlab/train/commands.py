@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checks import positive_number
+from ..checks import positive_number, writable_file
 from ..errors import CnnlabError
 from ..optim import OPTIMIZERS, make_optimizer, make_schedule
 from .checkpoint import build_from_checkpoint, build_model_from_config, load_checkpoint
@@ -236,6 +236,7 @@ def train_command(args: argparse.Namespace) -> int:
     else:
         settings = default_settings(args.model or DEFAULTS["model"])
         settings.update({k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None})
+        settings["data"] = recorded_spec(settings["data"])
         settings["limit"] = args.limit
         _check_settings(settings)
         out_dir = Path(args.out) if args.out else _default_out(settings)
@@ -276,7 +277,7 @@ def _train(args, ckpt, settings: dict, out_dir: Path) -> int:
             print(f"resuming {ckpt.path} after epoch {trainer.epoch} of {trainer.epochs}")
     elif not args.quiet:
         print(f"training {settings['model']} on {settings['data']} ({len(train_ds):,} train / "
-              f"{len(test_ds):,} test images) for {settings['epochs']} epochs; run folder "
+              f"{len(test_ds):,} test images) for {_count(settings['epochs'], 'epoch')}; run folder "
               f"{out_dir}")
     try:
         metrics = trainer.fit(train_ds, test_ds)
@@ -289,7 +290,7 @@ def _train(args, ckpt, settings: dict, out_dir: Path) -> int:
     final = metrics["final"]
     print(f"{settings['model']} on {settings['data']}: test accuracy "
           f"{_pct(final.get('test_acc'))} (loss {_num(final.get('test_loss'))}) after "
-          f"{final.get('epoch')} epochs, {final.get('seconds', 0):.1f} s; "
+          f"{_count(final.get('epoch'), 'epoch')}, {final.get('seconds', 0):.1f} s; "
           f"checkpoints, metrics.json and plot.png in {out_dir}")
     return 0
 
@@ -376,6 +377,8 @@ def _resume_settings(args):
         given = getattr(args, key)
         if key == "epochs" or given is None:
             continue
+        if key == "data":
+            given = recorded_spec(given)
         if given != settings[key]:
             flag = "--" + key.replace("_", "-")
             raise CnnlabError(f"{flag} {given} differs from the run being resumed "
@@ -418,12 +421,14 @@ def _copy_best(source: Path, out_dir: Path, suffix: str) -> None:
             shutil.copyfileobj(src, dst)
 
 
-def refuse_overwrite(out_dir: Path) -> None:
-    """Raise CnnlabError if ``out_dir`` already holds a run (its last checkpoint)."""
+def refuse_overwrite(out_dir: Path, resumable: bool = True) -> None:
+    """Raise CnnlabError if ``out_dir`` already holds a run (its last checkpoint);
+    ``resumable``: the message suggests `cnnlab train --resume` (not for finetune runs)."""
     for name in ("last.npz", "last.safetensors"):
         if (out_dir / name).exists():
-            raise CnnlabError(f"{out_dir} already holds a run ({name}); continue it with "
-                              f"`cnnlab train --resume {out_dir}` or choose another --out")
+            hint = (f"continue it with `cnnlab train --resume {out_dir}` or choose another --out"
+                    if resumable else "choose another --out")
+            raise CnnlabError(f"{out_dir} already holds a run ({name}); {hint}")
 
 
 def _default_out(s: dict) -> Path:
@@ -458,6 +463,21 @@ def _check_model_fits(model, train_ds, s: dict) -> None:
     if scores.shape != (1, len(train_ds.classes)):
         raise CnnlabError(f"--model {s['model']} gives {scores.shape[1:]} scores per image, "
                           f"not one per class of --data {s['data']} ({len(train_ds.classes)})")
+
+
+def _count(n, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def recorded_spec(spec: str) -> str:
+    """A data set as a run records it: a registered name as it is, a path made absolute (so
+    that `cnnlab eval RUN` works from any folder)."""
+    from ..data.registry import NAMED
+    spec = str(spec)
+    if spec in NAMED:
+        return spec
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
 
 
 def _data_config(s: dict, train_ds) -> dict:
@@ -543,12 +563,7 @@ def _distinct(ckpts) -> list[int]:
 def _check_eval_options(args) -> None:
     if args.batch_size < 1:
         raise CnnlabError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.json is not None:               # before the evaluation, not after
-        target = Path(args.json)
-        if target.is_dir() or not target.parent.is_dir():
-            raise CnnlabError(f"cannot write --json {target}: " + (
-                "it is a folder" if target.is_dir()
-                else f"folder {target.parent} does not exist"))
+    writable_file(args.json, "--json")      # before the evaluation, not after
     if args.limit is not None and args.limit < 1:
         raise CnnlabError(f"--limit must be at least 1, got {args.limit}")
     if args.tta_pad is not None:
@@ -651,7 +666,13 @@ def evaluate_checkpoint(path, data: str | None = None, split: str = "test",
     spec = data or (ckpt.config.get("data") or {}).get("spec")
     if not spec:
         raise CnnlabError(f"{ckpt.path} does not record its data set; give --data")
-    ds = load_dataset(spec, split)
+    try:
+        ds = load_dataset(spec, split)
+    except CnnlabError as err:
+        if data is not None:
+            raise
+        raise CnnlabError(f"{ckpt.path} was trained on {spec!r}, which cannot be loaded here "
+                          f"({err}); give --data") from None
     ds = limit_dataset(ds, limit)
     check_data_fits(ckpt, ds, spec, tta)
     norm = ckpt.info.get("normalization") or {}

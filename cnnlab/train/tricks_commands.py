@@ -49,6 +49,8 @@ def augmentation_command(args) -> int:
                           f"{', '.join(PARTS)}")
     if args.seeds < 1:
         raise CnnlabError(f"--seeds must be at least 1, got {args.seeds}")
+    from ..checks import writable_file
+    writable_file(args.json, "--json")              # before an hour of work, not after
     cfg = TricksConfig.quick() if args.quick else TricksConfig(seeds=tuple(range(args.seeds)))
     for name in ("digits_epochs", "fashion_epochs"):
         value = getattr(args, name)

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..checks import at_least, positive_number
+from ..checks import at_least, positive_number, writable_file
 from ..errors import CnnlabError
-from ..train.commands import refuse_overwrite
+from ..train.commands import limit_dataset, refuse_overwrite
 from . import datasets  # noqa: F401  (registers the digit-subset data sets)
 
 
@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--layer", required=True, help="layer whose output to save")
     p.add_argument("--data", default=None, help="data set (default: the one the model was trained on)")
     p.add_argument("--split", default="train,test", help="splits to extract (default train,test)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N images of each split")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="N images of each split, a fixed random subset (as train --limit)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("-o", "--output", required=True, help="output .npz (or .safetensors)")
     p.set_defaults(func=features_command)
@@ -106,6 +107,7 @@ def features_command(args) -> int:
     at_least(args.batch_size, 1, "--batch-size")
     at_least(args.limit, 1, "--limit")
     array_format(args.output)               # a bad suffix fails now, not after the work
+    writable_file(args.output, "-o")
     model, info = resolve(args.model)
     layer = resolve_layer(model, args.layer)
     spec = args.data or (info.dataset.rsplit("/", 1)[0] if info.dataset.endswith("/train")
@@ -117,7 +119,7 @@ def features_command(args) -> int:
     for split in splits:
         ds = load_dataset(spec, split)
         if args.limit is not None:
-            ds = ds.subset(np.arange(min(args.limit, len(ds))))
+            ds = limit_dataset(ds, args.limit)     # files are often sorted by class
         _check_fits(info, ds, spec)
         t = time.perf_counter()
         x = info.normalize(ds.images)
@@ -166,7 +168,7 @@ def finetune_command(args) -> int:
     at_least(args.per_class, 1, "--per-class")
     positive_number(args.lr, "--lr")
     out = Path(args.out) if args.out else Path("runs") / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
-    refuse_overwrite(out)
+    refuse_overwrite(out, resumable=False)
     model, info = resolve(args.model)
     train = load_dataset(args.data, "train")
     test = load_dataset(args.data, "test")
@@ -229,6 +231,7 @@ def experiment_command(args) -> int:
     except ValueError:
         raise CnnlabError(f"--per-class {args.per_class!r} is not a comma-separated list of "
                           f"integers") from None
+    writable_file(args.json, "--json")              # before the work, not after
     cfg = ExperimentConfig.quick() if args.quick else ExperimentConfig()
     cfg.seeds = tuple(range(args.seeds)) if not args.quick else cfg.seeds
     if not args.quick:

@@ -292,7 +292,7 @@ def run_different(cfg: ExperimentConfig, log=print) -> dict:
         fashion_test = fashion_test.subset(np.arange(cfg.fashion_test_limit))
     if cfg.smoke:
         mnist_train = mnist_train.subset(_sample_rows(mnist_train, cfg.different_pool, 7))
-        mnist_test = mnist_test.subset(np.arange(200))
+        mnist_test = mnist_test.subset(_sample_rows(mnist_test, 20, 8))   # 20 per class: sorted
     res = {"fashion->mnist": _different_direction("Fashion-MNIST -> MNIST", FASHION_SOURCE,
                                                    mnist_train, mnist_test, cfg, log),
            "mnist->fashion": _different_direction("MNIST -> Fashion-MNIST", MNIST_SOURCE,
