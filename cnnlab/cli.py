@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 
 # OpenBLAS's idle worker threads busy-wait for about 0.1 s after every multi-threaded call
 # (2^28 cycles), on the cores cnnlab's own thread pool needs next (docs/convolution.md,
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except CnnlabError as err:
         if debug:
-            raise
+            traceback.print_exc()       # the traceback, and still the documented exit code
         print(f"cnnlab: {_one_line(err)}", file=sys.stderr)
         return 2
     except BrokenPipeError:     # `cnnlab data info | head`: the reader left; nothing to say
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
         return 141
     except OSError as err:
         if debug:
-            raise
+            traceback.print_exc()
         if err.filename:
             print(f"cnnlab: cannot use {err.filename}: {err.strerror or err}; check the path "
                   f"and its permissions (--debug shows the traceback)", file=sys.stderr)

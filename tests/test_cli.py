@@ -90,7 +90,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     debug = subprocess.run([sys.executable, "-m", "cnnlab.cli", "eval", missing, "--debug"],
                            capture_output=True, text=True)
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
     assert "FileFormatError" in debug.stderr
 
 

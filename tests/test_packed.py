@@ -354,6 +354,12 @@ def test_pack_command(tmp_path, capsys):
     assert "packed 4 images 4x5" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser().parse_args(["data", "pack", "x", "-o", "y", "--size", "4y5"])
+    for argv, words in ((["-o", str(tmp_path / "p.npz")], r"named \*\.cnnpack"),
+                        (["-o", str(tmp_path / "q.cnnpack"), "--color", "gray"], "image folders")):
+        source = str(tmp_path / "imgs") if "--color" not in argv else "mnist-5k"
+        args = parser().parse_args(["data", "pack", source, *argv])
+        with pytest.raises(CnnlabError, match=words):
+            args.func(args)
 
 
 def test_augment_preview(tmp_path):

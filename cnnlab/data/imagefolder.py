@@ -117,8 +117,10 @@ class ImageFolder:
             if image.shape != first.shape:
                 raise CnnlabError(
                     f"{self.files[i]} is {image.shape[1]}x{image.shape[0]} but "
-                    f"{self.files[0]} is {first.shape[1]}x{first.shape[0]}; give a fixed size "
-                    f"(ImageFolder(size=...) or --size HxW)")
+                    f"{self.files[0]} is {first.shape[1]}x{first.shape[0]} (width x height); "
+                    f"resize them to one size: `cnnlab data pack FOLDER --size HxW -o "
+                    f"train.cnnpack` (then train on the packed folder), or ImageFolder(size=...) "
+                    f"from Python")
             images[i] = image
         return ArrayDataset(images, self.labels, list(self.classes), self.name, str(self.root))
 

@@ -101,6 +101,9 @@ def pack_command(args: argparse.Namespace) -> int:
             dataset = ArrayDataset(np.stack([resize(im, args.size) for im in dataset.images]),
                                    dataset.labels, dataset.classes, dataset.name, dataset.source)
     out = Path(args.output)
+    if out.suffix != SUFFIX:
+        raise CnnlabError(f"-o {out}: a packed data set is named *{SUFFIX} (e.g. "
+                          f"{args.split}{SUFFIX}), so that cnnlab can tell it from other files")
     if out.parent and not out.parent.exists():
         raise CnnlabError(f"cannot write {out}: folder {out.parent} does not exist")
     pack_dataset(dataset, out, checksum=not args.no_checksum, progress=True)
