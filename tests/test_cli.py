@@ -199,3 +199,11 @@ def test_runs_record_data_paths_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert recorded_spec("mnist-5k") == "mnist-5k"
     assert recorded_spec("pk") == str(tmp_path / "pk") and recorded_spec("missing") == "missing"
+
+
+def test_quick_experiments_refuse_settings_they_would_ignore(capsys):
+    for argv in (["experiment", "augmentation", "--quick", "--seeds", "5"],
+                 ["experiment", "transfer", "--quick", "--per-class", "5"],
+                 ["experiment", "transfer", "--quick", "--seeds", "2"]):
+        code, _, err = run(capsys, *argv)
+        assert_one_line_error(code, err, "--quick")

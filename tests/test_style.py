@@ -400,6 +400,9 @@ def test_ctrl_c_saves_the_image_so_far(tmp_path, capsys, monkeypatch):
                               "--style-layers", "relu1_1", "--content-layers", "relu1_1"])
     assert args.func(args) == 130
     err = capsys.readouterr().err
+    bad = parser.parse_args(["style", "--num-iterations", "0", "--weights", "random"])
+    with pytest.raises(CnnlabError, match="--num-iterations must be at least 1"):
+        bad.func(bad)                           # the flag's name, not the Python parameter
     assert "interrupted; the image after iteration 2" in err and out.is_file()   # 1 + 2 evals
 
 

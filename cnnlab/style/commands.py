@@ -9,6 +9,7 @@ reach the CLI, which prints it as one line.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
@@ -126,6 +127,9 @@ def style_command(args) -> int:
     except StyleInterrupted as stop:
         print(f"cnnlab: {stop}", file=sys.stderr)
         return 130
+    except CnnlabError as err:      # the Python API's parameter names, as the flags to type
+        raise CnnlabError(re.sub(r"\b(" + "|".join(_PARAMETERS) + r")\b",
+                                 lambda m: "--" + m.group(1).replace("_", "-"), str(err))) from None
     style = result.history["style"]
     if len(result.scales) > 1:          # losses at different sizes do not compare: the last's
         style = [(n, v) for n, v in style if n >= result.scales[-1][1]]
@@ -140,6 +144,11 @@ def style_command(args) -> int:
           f"{time.perf_counter() - t0:.1f} s with {result.network}; {change}; also "
           f"{result.paths['sheet']}, {result.paths['plot']}")
     return 0
+
+
+_PARAMETERS = ("num_iterations", "learning_rate", "content_weight", "style_weight", "tv_weight",
+               "style_scale", "print_every", "save_every", "multiscale", "image_size",
+               "style_blend_weights", "style_layer_weights", "init_image")
 
 
 def _run_style(args):

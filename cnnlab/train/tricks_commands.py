@@ -26,8 +26,8 @@ def register(subparsers) -> None:
                     "hour on one core; see docs/tricks.md.")
     e.add_argument("--part", default=",".join(PARTS),
                    help=f"comma-separated parts to run (default all: {','.join(PARTS)})")
-    e.add_argument("--seeds", type=int, default=3, metavar="N",
-                   help="seeds per arm (default 3; 2 or more for the ensemble)")
+    e.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="seeds per arm (default 3; 2 or more for the ensemble; not with --quick)")
     e.add_argument("--digits-epochs", type=int, default=None, metavar="N",
                    help="epochs of the digits and dropout parts (default 100)")
     e.add_argument("--fashion-epochs", type=int, default=None, metavar="N",
@@ -47,11 +47,13 @@ def augmentation_command(args) -> int:
     if unknown or not parts:
         raise CnnlabError(f"unknown --part {', '.join(unknown) or '(empty)'}; choose from "
                           f"{', '.join(PARTS)}")
-    if args.seeds < 1:
+    if args.seeds is not None and args.seeds < 1:
         raise CnnlabError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.quick and args.seeds is not None:
+        raise CnnlabError("--quick sets its own two seeds; drop --seeds or --quick")
     from ..checks import writable_file
     writable_file(args.json, "--json")              # before an hour of work, not after
-    cfg = TricksConfig.quick() if args.quick else TricksConfig(seeds=tuple(range(args.seeds)))
+    cfg = TricksConfig.quick() if args.quick else TricksConfig(seeds=tuple(range(args.seeds or 3)))
     for name in ("digits_epochs", "fashion_epochs"):
         value = getattr(args, name)
         if value is not None:

@@ -88,9 +88,11 @@ def _experiment_parser(subparsers):
                     "on every stage; (3) one 7x7 conv vs three 3x3 convs.")
     e.add_argument("--part", default="similar,different,filters",
                    help="comma-separated parts to run (default all)")
-    e.add_argument("--seeds", type=int, default=3)
-    e.add_argument("--per-class", default="5,10,50,200", help="labelled images per class (part 1)")
-    e.add_argument("--quick", action="store_true", help="tiny settings, for smoke tests")
+    e.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 3)")
+    e.add_argument("--per-class", default=None,
+                   help="labelled images per class (part 1; default 5,10,50,200)")
+    e.add_argument("--quick", action="store_true",
+                   help="tiny settings, for smoke tests (not with --seeds or --per-class)")
     e.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     e.set_defaults(func=experiment_command)
 
@@ -226,14 +228,18 @@ def experiment_command(args) -> int:
     if unknown:
         raise CnnlabError(f"unknown --part {', '.join(sorted(unknown))}; choose from similar, "
                           f"different, filters")
+    if args.quick and (args.seeds is not None or args.per_class is not None):
+        raise CnnlabError("--quick sets its own tiny seeds and sizes; drop --seeds/--per-class "
+                          "or --quick")
+    at_least(args.seeds, 1, "--seeds")
     try:
-        per_class = tuple(int(v) for v in args.per_class.split(","))
+        per_class = tuple(int(v) for v in (args.per_class or "5,10,50,200").split(","))
     except ValueError:
         raise CnnlabError(f"--per-class {args.per_class!r} is not a comma-separated list of "
                           f"integers") from None
     writable_file(args.json, "--json")              # before the work, not after
     cfg = ExperimentConfig.quick() if args.quick else ExperimentConfig()
-    cfg.seeds = tuple(range(args.seeds)) if not args.quick else cfg.seeds
+    cfg.seeds = tuple(range(args.seeds or 3)) if not args.quick else cfg.seeds
     if not args.quick:
         cfg.per_class = per_class
     results = run_experiments(cfg, parts, log=print)
