@@ -30,7 +30,7 @@ Parts (2 threads by default, ``--threads``; times are the best of ``--repeat`` r
                 stay in cache), after 256 MB were touched ("cold"), and the pieces run in
                 order as one step repeated, as benchmarks/conv.py times a layer's step
                 ("in a step": the floor to compare with its figures); the floor takes
-                one algorithm for all three passes (mixed plans can go ~0.5 ms lower)
+                one algorithm for all three passes (a plan mixing algorithms could be lower)
     blocking    one thread, F(4x4) 512->512 at 28x28: the 36 GEMMs with U per block of
                 output channels computed just before (so it stays in cache), against U
                 streamed whole; and the transposed orientation V^T U^T of one GEMM

@@ -39,6 +39,11 @@ def get_xp(*arrays):
     return np
 
 
+def module_name(xp) -> str:
+    """ "numpy" or "cupy" for an array module (None: numpy)."""
+    return "numpy" if xp is None else xp.__name__.split(".")[0]
+
+
 def to_device(array, device: str = "cpu"):
     """Copy ``array`` to ``device`` ("cpu" or "gpu"); a no-op when it is already there."""
     if device == "cpu":

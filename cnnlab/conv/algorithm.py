@@ -41,6 +41,7 @@ matrices), and ``backward_weight(dy, x, g, saved=d)``, which then skips that tra
 """
 from __future__ import annotations
 
+from ..backend import module_name
 from ..errors import UnsupportedConfigError
 
 PASSES = ("forward", "backward_data", "backward_weight")
@@ -62,7 +63,7 @@ class ConvAlgorithm:
         """UnsupportedConfigError naming the configuration and the algorithms that can run it,
         unless ``supports(g, pass_)`` and the arrays' module ``xp`` (None: numpy) is one of
         ``array_modules`` (``origin``: how this algorithm came to be asked)."""
-        module = "numpy" if xp is None else xp.__name__.split(".")[0]
+        module = module_name(xp)
         if module not in self.array_modules:
             raise UnsupportedConfigError(
                 f"conv algorithm {self.name!r}{origin} runs on {', '.join(self.array_modules)} "

@@ -51,8 +51,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backend import module_name
 from ..errors import UnsupportedConfigError
-from ..io.atomic import open_temporary
+from ..io.atomic import atomic_write
 from .algorithm import ALGORITHMS, PASSES
 from .step import StepPlan, step_backward, step_forward
 from .threads import get_num_threads
@@ -110,10 +111,6 @@ def check_algo_name(algo, origin: str = "") -> None:
 #: cuBLAS, while Winograd and FFT are written for numpy (``ConvAlgorithm.array_modules``);
 #: timing is not done there (the chooser's timings are of numpy code on the CPU)
 DEVICE_DEFAULT = "im2col"
-
-
-def _module_name(xp) -> str:
-    return "numpy" if xp is None else xp.__name__.split(".")[0]
 
 
 def _forced(g, pass_, algo, origin="", xp=None):
@@ -277,7 +274,7 @@ class Chooser:
             origin = (" (the global default; see cnnlab.conv.set_default_algo"
                       f" and ${ENV_ALGO})")
             return _forced(g, pass_, self.default_algo, origin, xp=xp)
-        if _module_name(xp) != "numpy":
+        if module_name(xp) != "numpy":
             return _forced(g, pass_, DEVICE_DEFAULT, " (auto's choice off the CPU)", xp=xp)
         choice = self.choose(g, pass_, dtype, prepared)
         if prepared and held and choice.algo not in held:
@@ -310,7 +307,7 @@ class Chooser:
         step says which wins. Without measurements (heuristic choices, too small a layer)
         the passes' own picks are used, sharing U and keeping the input where two passes
         picked the same algorithm that can (this is also what a forced algorithm does)."""
-        if _module_name(xp) != "numpy":     # off the CPU: as forced, nothing timed
+        if module_name(xp) != "numpy":     # off the CPU: as forced, nothing timed
             for pass_ in ("forward", "backward_data", "backward_weight"):
                 self.select(g, pass_, algo, dtype, xp=xp)       # raises if it cannot run
             if (algo or "auto") == "auto":
@@ -584,19 +581,8 @@ class Chooser:
             section = data["machines"].setdefault(fp, {"machine": desc, "choices": {}})
             section["machine"] = desc
             section["choices"][key] = choice.to_json()
-            fd, tmp = open_temporary(path.parent, path.name)   # mode 0666 less the umask
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f, indent=1, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            with atomic_write(path, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
             self._disk_entries()[key] = choice.to_json()
         except OSError:
             pass  # an unwritable cache only costs a re-measurement next time

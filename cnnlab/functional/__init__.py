@@ -12,7 +12,7 @@ from .loss import (l2_penalty_backward, l2_penalty_forward, log_softmax, softmax
                    softmax_cross_entropy_backward, softmax_cross_entropy_forward,
                    svm_hinge_backward, svm_hinge_forward)
 from .pool import (avg_pool_backward, avg_pool_forward, global_avg_pool_backward,
-                   global_avg_pool_forward, max_pool_backward, max_pool_forward)
+                   global_avg_pool_forward, max_pool_backward, max_pool_forward, pool_params)
 
 __all__ = [name for name in dir() if name.endswith(("_forward", "_backward", "_update"))] + [
-    "softmax", "log_softmax", "shared_prepared"]
+    "softmax", "log_softmax", "shared_prepared", "pool_params"]

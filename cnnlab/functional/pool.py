@@ -26,18 +26,25 @@ from ..conv.threads import by_channels
 from ..errors import ShapeError
 
 
-def _geometry(x, kernel_size, stride, padding) -> ConvGeometry:
-    """Pooling windows are the taps of a depthwise convolution: reuse its geometry."""
-    if x.ndim != 4:
-        raise ShapeError(f"pooling expects input of shape (N, C, H, W), got {tuple(x.shape)}")
+def pool_params(kernel_size, stride=None, padding=0):
+    """((KH, KW), (SH, SW), (PH, PW)) of a pooling window, checked: kernel and stride >= 1
+    (stride None: the kernel size), padding at most half the kernel."""
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = pair(stride if stride is not None else (kh, kw), "stride")
     ph, pw = pair(padding, "padding")
     if min(kh, kw, sh, sw) < 1:
-        raise ShapeError(f"pool kernel_size and stride must be >= 1, got {kernel_size!r}, "
-                         f"{stride!r}")
+        raise ShapeError(f"pooling needs kernel_size and stride >= 1, got kernel_size="
+                         f"{kernel_size!r}, stride={stride!r}")
     if ph > kh // 2 or pw > kw // 2:
         raise ShapeError(f"pool padding {padding} must be at most half the kernel {kernel_size}")
+    return (kh, kw), (sh, sw), (ph, pw)
+
+
+def _geometry(x, kernel_size, stride, padding) -> ConvGeometry:
+    """Pooling windows are the taps of a depthwise convolution: reuse its geometry."""
+    if x.ndim != 4:
+        raise ShapeError(f"pooling expects input of shape (N, C, H, W), got {tuple(x.shape)}")
+    (kh, kw), (sh, sw), (ph, pw) = pool_params(kernel_size, stride, padding)
     n, c, h, w = x.shape
     g = ConvGeometry(n, c, h, w, c, kh, kw, (sh, sw), (ph, pw), (1, 1), c)
     if g.ho < 1 or g.wo < 1:

@@ -204,8 +204,8 @@ def _linear(m, shape, f):
 
 
 def _pool_params(m):
-    from ..conv.geometry import pair
-    return pair(m.kernel_size, "kernel_size"), pair(m.stride, "stride"), pair(m.padding, "padding")
+    from ..functional import pool_params
+    return pool_params(m.kernel_size, m.stride, m.padding)
 
 
 @rule(nn.MaxPool2d, nn.AvgPool2d)

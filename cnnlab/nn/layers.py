@@ -108,8 +108,7 @@ class Conv2d(Module):
 
     def _run(self, pass_, a, g):
         w = self.weight.data
-        if a.dtype != w.dtype:                  # a module computes in its weight's dtype
-            a = a.astype(w.dtype)
+        a = self._in_weight_dtype(a)            # a module computes in its weight's dtype
         if g.n == 0:
             return get_xp(a).zeros(g.y_shape if pass_ == "forward" else g.x_shape, w.dtype)
         frozen = self.cache_weights and self.weight.frozen

@@ -4,8 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..conv.geometry import pair
-from ..errors import ShapeError
 from ..functional.dropout import check_drop_probability
 from .module import Module
 
@@ -63,13 +61,7 @@ class MaxPool2d(_Pair):
         self.kernel_size = kernel_size
         self.stride = kernel_size if stride is None else stride
         self.padding = padding
-        kh, kw = pair(kernel_size, "kernel_size")
-        sh, sw = pair(self.stride, "stride")
-        ph, pw = pair(padding, "padding")
-        if min(kh, kw, sh, sw) < 1 or ph > kh // 2 or pw > kw // 2:
-            raise ShapeError(f"{type(self).__name__} needs kernel_size and stride >= 1 and "
-                             f"padding at most half the kernel, got kernel_size={kernel_size!r}, "
-                             f"stride={stride!r}, padding={padding!r}")
+        F.pool_params(kernel_size, self.stride, padding)    # checked now, not at forward
 
     def _kwargs(self):
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
